@@ -1,0 +1,61 @@
+"""The ``lakeloop`` command: a thin layer over :func:`lakeloop.connect`.
+
+Each command builds the object, calls one SDK method and renders the result
+(a table, or JSON with ``--json``). Errors print their message and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from lakeloop.cli.output import State
+
+app = typer.Typer(
+    name="lakeloop",
+    help="lakeloop: versioned data, features, AutoML, registry, serving and retraining on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", help="lakeloop.yaml to read (default: $LAKELOOP_CONFIG, then ./lakeloop.yaml)"
+    ),
+    lake_root: Optional[str] = typer.Option(None, "--lake", help="Lake root; overrides the config's lake.root."),
+):
+    ctx.obj = State(config=config, lake_root=lake_root)
+
+
+def _register() -> None:
+    from lakeloop.cli import demo, lake
+
+    app.add_typer(lake.app, name="lake")
+    app.command("demo")(demo.demo)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a :class:`~lakeloop.errors.LakeloopError` prints its message and exits 2."""
+    from lakeloop.errors import LakeloopError
+
+    try:
+        app(args=argv, prog_name="lakeloop")  # click's standalone mode handles usage errors
+    except LakeloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

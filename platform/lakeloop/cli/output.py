@@ -1,0 +1,66 @@
+"""What every CLI command shares: the connection it builds and how it prints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Iterable
+
+
+@dataclass
+class State:
+    config: str | None = None
+    lake_root: str | None = None
+    _ll: Any = field(default=None, repr=False)
+
+    def connect(self):
+        if self._ll is None:
+            import lakeloop
+
+            overrides = {"lake_root": self.lake_root} if self.lake_root else {}
+            self._ll = lakeloop.connect(self.config, **overrides)
+        return self._ll
+
+
+def _default(o):
+    if isinstance(o, (datetime, date)):
+        return o.isoformat()
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    return str(o)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, default=_default, indent=2))
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def print_table(title: str | None, rows: Iterable[dict], columns: list[str] | None = None) -> None:
+    from rich.table import Table
+
+    rows = list(rows)
+    columns = columns or (list(rows[0]) if rows else [])
+    table = Table(title=title, show_lines=False)
+    for c in columns:
+        table.add_column(str(c), overflow="fold")
+    for r in rows:
+        table.add_row(*[_cell(r.get(c)) for c in columns])
+    console().print(table)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, datetime):
+        return v.isoformat(timespec="seconds")
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)

@@ -1,0 +1,150 @@
+"""``lakeloop.connect()``: the one object notebooks, the CLI, jobs and Serve apps start from."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Mapping
+
+from lakeloop.config import Config, load_config
+from lakeloop.errors import ConnectError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from lakeloop.lake import Lake
+
+
+def ray_init_kwargs(config: Config) -> dict:
+    """What :meth:`Lakeloop.ensure_ray` passes to ``ray.init`` for this config.
+
+    No address: a fresh local Ray (dashboard on ``ray.dashboard_host``), unless
+    this process runs inside a Ray job, whose ``RAY_ADDRESS`` is then joined.
+    Workers get the config as ``LAKELOOP_*`` variables, so a ``connect()`` inside a
+    task or actor sees the same lake and MLflow store.
+    """
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    env = {
+        "LAKELOOP_LAKE_ROOT": config.lake.root,
+        "LAKELOOP_RAY_NAMESPACE": config.ray.namespace,
+    }
+    if config.lake.storage_options:
+        import json
+
+        env["LAKELOOP_LAKE_STORAGE_OPTIONS"] = json.dumps(config.lake.storage_options)
+    if config.mlflow.tracking_uri or not config.lake_is_remote:
+        env["LAKELOOP_MLFLOW_TRACKING_URI"] = config.tracking_uri
+        env["MLFLOW_TRACKING_URI"] = config.tracking_uri
+    if config.mlflow.registry_uri:
+        env["LAKELOOP_MLFLOW_REGISTRY_URI"] = config.mlflow.registry_uri
+    kwargs: dict[str, Any] = {
+        "namespace": config.ray.namespace,
+        "runtime_env": {"env_vars": env},
+        "log_to_driver": False,
+    }
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs.update(
+            address="local",
+            include_dashboard=True,
+            dashboard_host=config.ray.dashboard_host,
+            dashboard_port=config.ray.dashboard_port,
+        )
+        if config.ray.num_cpus is not None:
+            kwargs["num_cpus"] = config.ray.num_cpus
+    return kwargs
+
+
+class Lakeloop:
+    """Entry point to the lake, and (as later parts land) features, models and serving.
+
+    Build it with :func:`lakeloop.connect`. Heavy libraries (Ray, MLflow) load
+    on first use, so creating one is cheap.
+    """
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"Lakeloop(lake={self.config.lake.root!r}, mlflow={self._tracking_repr()!r})"
+
+    def _tracking_repr(self) -> str:
+        try:
+            return self.config.tracking_uri
+        except Exception:  # a remote lake without MLflow configured
+            return "<unset>"
+
+    @cached_property
+    def lake(self) -> "Lake":
+        from lakeloop.lake import Lake
+
+        if "://" not in self.config.lake.root:
+            os.makedirs(self.config.lake.root, exist_ok=True)
+        return Lake(self.config.lake.root, self.config.lake.storage_options, ensure_ray=self.ensure_ray)
+
+    # -- Ray -------------------------------------------------------------------
+    def ensure_ray(self):
+        """Ray, initialised on first use from the config (see :func:`ray_init_kwargs`)."""
+        import ray
+
+        if ray.is_initialized():
+            return ray
+        kwargs = ray_init_kwargs(self.config)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+            raise ConnectError(
+                f"cannot connect to Ray at {kwargs.get('address')!r}: {exc}. Check ray.address "
+                "(LAKELOOP_RAY_ADDRESS), that the cluster is up, and RAY_AUTH_MODE=token with its token"
+            ) from exc
+        return ray
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The Ray dashboard's URL, once Ray runs in this process."""
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        url = ray.worker.get_dashboard_url()
+        return f"http://{url}" if url and "://" not in url else url or None
+
+    # -- MLflow ----------------------------------------------------------------
+    @cached_property
+    def mlflow(self) -> "MlflowClient":
+        """An MLflow client on this lake's tracking store and registry (no global state)."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.config.tracking_uri, registry_uri=self.config.registry_uri)
+
+    def experiment_id(self, name: str | None = None) -> str:
+        """The experiment's id, created (artifacts under the lake root) on first use."""
+        name = name or self.config.mlflow.experiment
+        client = self.mlflow
+        try:
+            exp = client.get_experiment_by_name(name)
+            if exp is not None:
+                return exp.experiment_id
+            return client.create_experiment(name, artifact_location=self.config.artifact_location)
+        except Exception as exc:
+            if type(exc).__name__ == "MlflowException" and "already exists" in str(exc):
+                return client.get_experiment_by_name(name).experiment_id
+            if type(exc).__name__ in ("MlflowException", "ConnectionError", "RestException") or isinstance(
+                exc, OSError
+            ):
+                raise ConnectError(
+                    f"cannot reach the MLflow tracking store at {self.config.tracking_uri}: {exc}"
+                ) from exc
+            raise
+
+
+def connect(config: str | os.PathLike | Mapping[str, Any] | Config | None = None, **overrides: Any) -> Lakeloop:
+    """Connect to a lakeloop deployment.
+
+    ``connect()`` uses embedded defaults (``./lake``, sqlite MLflow under it,
+    local Ray on demand); ``connect("lakeloop.yaml")`` reads a file; keyword
+    overrides such as ``connect(lake_root="/tmp/lake")`` win over both. See
+    :mod:`lakeloop.config` for the precedence.
+    """
+    return Lakeloop(load_config(config, **overrides))

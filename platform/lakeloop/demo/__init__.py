@@ -1,0 +1,1 @@
+"""The bundled demo scenario: card transactions with customers and merchants, generated on the fly."""

@@ -1,0 +1,81 @@
+"""One root error, a subclass per failure.
+
+Every message says what went wrong, why, and what to do. Each class carries
+the HTTP status the serving layer answers with. They pickle (Ray raises them
+in other processes) because they keep their message in ``args``.
+"""
+
+from __future__ import annotations
+
+
+class LakeloopError(Exception):
+    """Root of every error lakeloop raises on purpose."""
+
+    http_status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(LakeloopError):
+    """The configuration (file, environment or arguments) is not valid."""
+
+    http_status = 400
+
+
+class ConnectError(LakeloopError):
+    """A configured service (Ray, the lake store, MLflow) cannot be reached."""
+
+    http_status = 503
+
+
+class TableNameError(LakeloopError):
+    """A table name is not a plain ``layer.name``."""
+
+    http_status = 400
+
+
+class TableNotFoundError(LakeloopError):
+    """The table does not exist in the lake."""
+
+    http_status = 404
+
+
+class TableExistsError(LakeloopError):
+    """``create`` was asked for a table that is already there."""
+
+    http_status = 409
+
+
+class SchemaError(LakeloopError):
+    """Data does not match a table's schema: missing, unexpected or mistyped columns."""
+
+    http_status = 422
+
+
+class RulesError(LakeloopError):
+    """A rules file is malformed."""
+
+    http_status = 400
+
+
+class IngestFileError(LakeloopError):
+    """An input file cannot be read: empty, truncated, not UTF-8, unknown format."""
+
+    http_status = 400
+
+
+class VersionNotFoundError(LakeloopError):
+    """A table version (or timestamp) that the table does not have."""
+
+    http_status = 404
+
+
+class WriteConflictError(LakeloopError):
+    """A write kept conflicting with concurrent writers after every retry."""
+
+    http_status = 409

@@ -1,0 +1,409 @@
+"""One named Delta table: typed writes that return their version, time travel, history.
+
+Every write is one atomic Delta commit: a failed or killed write leaves the
+table at its previous version. Concurrent writers that collide are retried
+with backoff; each write returns the version it made.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakeloop.errors import (
+    SchemaError,
+    TableNotFoundError,
+    VersionNotFoundError,
+    WriteConflictError,
+)
+from lakeloop.lake.schema import SPEC_KEY, TableSchema
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from deltalake import DeltaTable
+
+    from lakeloop.lake.catalog import Lake
+
+WRITE_ATTEMPTS = 12
+BATCH_ID_KEY = "lakeloop.batch_id"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write made: the table, the new version, how many rows went in."""
+
+    table: str
+    version: int
+    rows: int
+    operation: str
+    batch_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+def as_arrow(data: Any) -> pa.Table:
+    """pandas, Arrow, a record batch reader, or a list of row dicts, as an Arrow table."""
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    if isinstance(data, pa.RecordBatchReader):
+        return data.read_all()
+    if isinstance(data, list):
+        return pa.Table.from_pylist(data)
+    if isinstance(data, dict):
+        return pa.table(data)
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        pd = None
+    if pd is not None and isinstance(data, pd.DataFrame):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if hasattr(data, "__arrow_c_stream__"):
+        return pa.table(data)
+    raise SchemaError(
+        f"cannot write data of type {type(data).__name__}: pass a pandas DataFrame, a pyarrow "
+        "Table or RecordBatchReader, or a list of row dicts"
+    )
+
+
+class Table:
+    """A handle on ``layer.name`` in a :class:`~lakeloop.lake.catalog.Lake`.
+
+    Handles are cheap; nothing is read until a method needs it.
+    """
+
+    def __init__(self, lake: "Lake", name: str):
+        self.lake = lake
+        self.name = name
+        self.uri = lake.table_uri(name)
+
+    def __repr__(self) -> str:
+        return f"Table({self.name!r}, uri={self.uri!r})"
+
+    # -- state ---------------------------------------------------------------
+    def exists(self) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(self.uri, storage_options=self.lake.storage_options)
+
+    def _delta(self, version: int | None = None) -> "DeltaTable":
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+        from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+        try:
+            return DeltaTable(self.uri, version=version, storage_options=self.lake.storage_options)
+        except DeltaTableNotFound as exc:
+            raise TableNotFoundError(
+                f"table {self.name} does not exist in the lake at {self.lake.root}; "
+                f"create it, or ingest a file into it (lakeloop lake ingest FILE --table {self.name})"
+            ) from exc
+        except DeltaError as exc:
+            if version is None:
+                raise
+            latest = self.version()
+            raise VersionNotFoundError(
+                f"table {self.name} has no version {version}; its versions are 0..{latest}"
+            ) from exc
+
+    def version(self) -> int:
+        """The latest committed version."""
+        return self._delta().version()
+
+    @property
+    def schema(self) -> TableSchema:
+        dt = self._delta()
+        spec = dt.metadata().configuration.get(SPEC_KEY)
+        if spec:
+            return TableSchema.from_json(spec)
+        return TableSchema.from_arrow(pa.schema(dt.schema().to_arrow()))
+
+    @property
+    def description(self) -> str:
+        return self._delta().metadata().description or ""
+
+    def history(self, limit: int | None = None) -> list[dict]:
+        """Commits newest first: version, UTC timestamp, operation, rows added, batch id."""
+        rows = []
+        for h in self._delta().history(limit):
+            metrics = h.get("operationMetrics") or {}
+            rows.append(
+                {
+                    "version": h["version"],
+                    "timestamp": datetime.fromtimestamp(h["timestamp"] / 1000, tz=timezone.utc),
+                    "operation": h.get("operation"),
+                    "mode": (h.get("operationParameters") or {}).get("mode"),
+                    "rows_added": metrics.get("num_added_rows", metrics.get("num_target_rows_inserted")),
+                    "rows_updated": metrics.get("num_target_rows_updated"),
+                    "batch_id": h.get(BATCH_ID_KEY),
+                    "lakeloop_operation": h.get("lakeloop.operation"),
+                }
+            )
+        return rows
+
+    def version_as_of(self, when: datetime | str) -> int:
+        """The newest version committed at or before ``when`` (UTC if naive)."""
+        ts = _as_utc(when)
+        for h in self.history():
+            if h["timestamp"] <= ts:
+                return h["version"]
+        first = self.history()[-1]["timestamp"]
+        raise VersionNotFoundError(
+            f"table {self.name} did not exist at {ts.isoformat()}; its first commit is at "
+            f"{first.isoformat()}"
+        )
+
+    def commit_times(self) -> dict[int, datetime]:
+        """Version -> commit timestamp (UTC), for every version in the log."""
+        return {h["version"]: h["timestamp"] for h in self.history()}
+
+    # -- reads ---------------------------------------------------------------
+    def _resolve(self, version: int | None, as_of: datetime | str | None) -> int | None:
+        if version is not None and as_of is not None:
+            raise VersionNotFoundError("pass either version or as_of, not both")
+        if as_of is not None:
+            return self.version_as_of(as_of)
+        return version
+
+    def to_arrow(
+        self,
+        version: int | None = None,
+        as_of: datetime | str | None = None,
+        columns: list[str] | None = None,
+        filters: Any = None,
+        limit: int | None = None,
+    ) -> pa.Table:
+        """The table (latest, at ``version``, or as of a time) as Arrow."""
+        dt = self._delta(self._resolve(version, as_of))
+        try:
+            data = dt.to_pyarrow_table(columns=columns, filters=filters)
+        except (OSError, pa.ArrowException) as exc:
+            raise VersionNotFoundError(
+                f"cannot read version {dt.version()} of table {self.name}: {exc}. Its data files "
+                "may have been removed by vacuum; read a newer version or restore from a backup"
+            ) from exc
+        except Exception as exc:  # delta-rs raises its own errors for missing files
+            if "not found" in str(exc).lower() or "no such file" in str(exc).lower():
+                raise VersionNotFoundError(
+                    f"cannot read version {dt.version()} of table {self.name}: its data files were "
+                    f"removed (vacuumed?): {exc}"
+                ) from exc
+            raise
+        return data.slice(0, limit) if limit is not None else data
+
+    def to_pandas(self, version=None, as_of=None, columns=None, filters=None, limit=None) -> "pd.DataFrame":
+        return self.to_arrow(version, as_of, columns, filters, limit).to_pandas()
+
+    def read(
+        self,
+        version: int | None = None,
+        as_of: datetime | str | None = None,
+        *,
+        columns: list[str] | None = None,
+        filters: Any = None,
+        limit: int | None = None,
+        format: Literal["pandas", "arrow", "ray"] = "pandas",
+    ):
+        """Read as pandas (default), Arrow, or a Ray Dataset."""
+        if format == "pandas":
+            return self.to_pandas(version, as_of, columns, filters, limit)
+        if format == "arrow":
+            return self.to_arrow(version, as_of, columns, filters, limit)
+        if format == "ray":
+            ds = self.to_ray(version, as_of, columns)
+            return ds.limit(limit) if limit is not None else ds
+        raise ValueError(f"format must be pandas, arrow or ray, not {format!r}")
+
+    def to_ray(self, version: int | None = None, as_of=None, columns: list[str] | None = None):
+        """A Ray Dataset over the table's Parquet files at one version, read in parallel."""
+        import ray.data
+
+        self.lake.ensure_ray()
+        resolved = self._resolve(version, as_of)
+        dt = self._delta(resolved)
+        if not dt.file_uris():
+            return ray.data.from_arrow(self.schema.to_arrow().empty_table()).select_columns(
+                columns or self.schema.names
+            )
+        return ray.data.read_delta(
+            self.uri, version=dt.version(), columns=columns,
+            storage_options=self.lake.storage_options or None,
+        )
+
+    # -- writes --------------------------------------------------------------
+    def _commit(self, operation: str, write: Callable[["DeltaTable", Any], dict | None],
+                rows: int | Callable[[], int], batch_id: str | None, attempts: int = WRITE_ATTEMPTS,
+                ) -> WriteResult:
+        """Run ``write(delta_table, commit_properties)`` with conflict retries.
+
+        delta-rs retries a commit that lost a race by itself when the operations
+        do not overlap (appends); conflicts it cannot resolve (merges, overwrites)
+        re-run the whole write here, ``attempts`` times with jittered backoff.
+        """
+        from deltalake import CommitProperties
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        meta = {"lakeloop.operation": operation}
+        if batch_id:
+            meta[BATCH_ID_KEY] = batch_id
+        last: Exception | None = None
+        for attempt in range(attempts):
+            dt = self._delta()
+            try:
+                metrics = write(dt, CommitProperties(custom_metadata=meta, max_commit_retries=20))
+                n = rows() if callable(rows) else rows
+                return WriteResult(self.name, dt.version(), n, operation, batch_id, metrics or {})
+            except CommitFailedError as exc:
+                last = exc
+            except DeltaError as exc:
+                if "conflict" not in str(exc).lower() and "already exists" not in str(exc).lower():
+                    raise
+                last = exc
+            time.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+        raise WriteConflictError(
+            f"{operation} on table {self.name} conflicted with concurrent writers "
+            f"{attempts} times; retry later or give the table one writer: {last}"
+        )
+
+    def append(self, data: Any, *, batch_id: str | None = None,
+               target_file_size: int | None = None) -> WriteResult:
+        """Append rows; the batch must match the schema (named :class:`SchemaError` if not).
+
+        A ``pyarrow.RecordBatchReader`` is streamed: each batch is checked as it
+        arrives and written out in files of about ``target_file_size`` bytes; the
+        commit happens once, at the end.
+        """
+        from deltalake import write_deltalake
+
+        if isinstance(data, pa.RecordBatchReader):
+            return self._append_stream(data, batch_id, target_file_size)
+        batch = self.schema.conform(as_arrow(data), table=self.name)
+        return self._commit(
+            "append",
+            lambda dt, props: write_deltalake(dt, batch, mode="append", commit_properties=props,
+                                              target_file_size=target_file_size,
+                                              storage_options=self.lake.storage_options or None),
+            batch.num_rows, batch_id,
+        )
+
+    def _append_stream(self, reader: pa.RecordBatchReader, batch_id: str | None,
+                       target_file_size: int | None) -> WriteResult:
+        from deltalake import write_deltalake
+
+        schema = self.schema
+        schema.conform(reader.schema.empty_table(), table=self.name)  # fail before writing
+        count = [0]
+
+        def batches():
+            for b in reader:
+                conformed = schema.conform(pa.Table.from_batches([b]), table=self.name)
+                count[0] += conformed.num_rows
+                yield from conformed.to_batches()
+
+        stream = pa.RecordBatchReader.from_batches(schema.to_arrow(), batches())
+        return self._commit(
+            "append",
+            lambda dt, props: write_deltalake(dt, stream, mode="append", commit_properties=props,
+                                              target_file_size=target_file_size,
+                                              storage_options=self.lake.storage_options or None),
+            lambda: count[0], batch_id, attempts=1,  # a stream cannot be read twice
+        )
+
+    def overwrite(self, data: Any, *, batch_id: str | None = None) -> WriteResult:
+        """Replace the table's content (earlier versions stay readable)."""
+        from deltalake import write_deltalake
+
+        batch = self.schema.conform(as_arrow(data), table=self.name)
+        return self._commit(
+            "overwrite",
+            lambda dt, props: write_deltalake(dt, batch, mode="overwrite", commit_properties=props,
+                                              storage_options=self.lake.storage_options or None),
+            batch.num_rows, batch_id,
+        )
+
+    def upsert(self, data: Any, *, key: str | Iterable[str] | None = None,
+               batch_id: str | None = None) -> WriteResult:
+        """Insert new keys and update existing ones (a Delta MERGE on the primary key)."""
+        schema = self.schema
+        keys = (key,) if isinstance(key, str) else tuple(key or schema.primary_key)
+        if not keys:
+            raise SchemaError(
+                f"upsert into {self.name} needs a key: the table has no primary key, so pass key=..."
+            )
+        batch = schema.conform(as_arrow(data), table=self.name)
+        for k in keys:
+            if batch.column(k).null_count:
+                raise SchemaError(f"key column {k!r} has null values; every upserted row needs a key")
+        dupes = _duplicate_keys(batch, keys)
+        if dupes:
+            raise SchemaError(
+                f"upsert into {self.name}: key {'/'.join(keys)} repeats within the batch "
+                f"(e.g. {dupes[:3]}); each key may appear once"
+            )
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+
+        def merge(dt, props):
+            return (
+                dt.merge(batch, predicate, source_alias="s", target_alias="t", commit_properties=props)
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
+            )
+
+        return self._commit("upsert", merge, batch.num_rows, batch_id)
+
+    def delete(self, predicate: str) -> WriteResult:
+        """Delete rows matching a SQL predicate (e.g. ``"amount < 0"``)."""
+        return self._commit("delete", lambda dt, props: dt.delete(predicate, commit_properties=props),
+                            0, None)
+
+    def restore(self, version: int) -> WriteResult:
+        """Make ``version``'s content the latest, as a new commit (history is kept)."""
+        self._delta(version)  # names a missing version clearly
+        return self._commit("restore", lambda dt, props: dt.restore(version, commit_properties=props),
+                            0, None)
+
+    def optimize(self) -> WriteResult:
+        """Compact small files into larger ones (a new version with the same rows)."""
+        return self._commit("optimize", lambda dt, props: dt.optimize.compact(commit_properties=props),
+                            0, None)
+
+    def vacuum(self, retention_hours: float = 168, dry_run: bool = False) -> list[str]:
+        """Delete data files no version newer than ``retention_hours`` needs; returns them.
+
+        Also removes files that no commit references (left by failed or killed
+        writes) once they are older than the retention. Versions older than the
+        retention lose their files and can no longer be read.
+        """
+        return self._delta().vacuum(
+            retention_hours=int(retention_hours), dry_run=dry_run, enforce_retention_duration=False,
+            full=True,
+        )
+
+
+def _duplicate_keys(batch: pa.Table, keys: tuple[str, ...]) -> list:
+    counts = batch.group_by(list(keys)).aggregate([([], "count_all")])
+    dup = counts.filter(pc.greater(counts.column("count_all"), 1))
+    return dup.select(list(keys)).to_pylist()
+
+
+def _as_utc(when: datetime | str) -> datetime:
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise VersionNotFoundError(f"as_of {when!r} is not an ISO date or time") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc)
+
+
+def new_batch_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]

@@ -1,0 +1,57 @@
+"""Shared fixtures: a fresh lake per test, one local Ray per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No LAKELOOP_* from the caller's shell leaks in; the cwd has no lakeloop.yaml."""
+    for var in list(os.environ):
+        if var.startswith("LAKELOOP_"):
+            monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def lake_root(tmp_path) -> Path:
+    return tmp_path / "lake"
+
+
+@pytest.fixture
+def ll(lake_root):
+    import lakeloop
+
+    return lakeloop.connect(lake_root=str(lake_root))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (init ~5 s, so only once)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 namespace="lakeloop-tests")
+    yield ray
+    ray.shutdown()
+
+
+def run_cli(*args: str, cwd=None, env=None, check=True) -> subprocess.CompletedProcess:
+    """Run the installed ``lakeloop`` console script, as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
+    full_env.update(env or {})
+    proc = subprocess.run([str(BIN / "lakeloop"), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lakeloop {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

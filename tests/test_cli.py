@@ -1,0 +1,99 @@
+"""The `lakeloop` command as a user runs it: a subprocess of the installed console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from lakeloop.demo import scenario
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    return scenario.write_csv(scenario.generate(200, seed=3), tmp_path / "tx.csv")
+
+
+def test_help_answers_fast_and_import_is_light():
+    start = time.perf_counter()
+    proc = run_cli("--help")
+    elapsed = time.perf_counter() - start
+    assert "lake" in proc.stdout and "demo" in proc.stdout
+    assert elapsed < 1.0, f"lakeloop --help took {elapsed:.2f}s"
+    code = ("import sys, lakeloop, lakeloop.cli; ll = lakeloop.connect(); ll.lake; "
+            "heavy = [m for m in ('ray', 'torch', 'mlflow', 'alibi_detect', 'deltalake', 'pandas', 'sklearn') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_ingest_tables_history_read_restore_profile(tmp_path, csv_file):
+    lake = str(tmp_path / "lake")
+    r = json.loads(run_cli("--lake", lake, "lake", "ingest", str(csv_file), "--table", "raw.transactions",
+                           "--rules", str(scenario.RULES_FILE), "--json").stdout)
+    assert (r["accepted"], r["quarantined"], r["version"]) == (196, 4, 1)
+    again = scenario.write_csv(scenario.generate(50, seed=4, first_id=10_000, bad_fraction=0), tmp_path / "b.csv")
+    r2 = json.loads(run_cli("--lake", lake, "lake", "ingest", str(again), "--table", "raw.transactions",
+                            "--key", "txn_id", "--json").stdout)
+    assert (r2["accepted"], r2["mode"], r2["version"]) == (50, "upsert", 2)
+
+    tables = json.loads(run_cli("--lake", lake, "lake", "tables", "--json").stdout)
+    assert {t["table"]: t["version"] for t in tables} == {"quarantine.transactions": 1, "raw.transactions": 2}
+
+    hist = json.loads(run_cli("--lake", lake, "lake", "history", "raw.transactions", "--json").stdout)
+    assert [h["version"] for h in hist] == [2, 1, 0]
+    assert hist[1]["batch_id"] == r["batch_id"]
+
+    read = json.loads(run_cli("--lake", lake, "lake", "read", "raw.transactions", "--version", "1",
+                              "--limit", "3", "--json").stdout)
+    assert read["version"] == 1 and len(read["rows"]) == 3 and read["rows"][0]["txn_id"].startswith("t")
+
+    restored = json.loads(run_cli("--lake", lake, "lake", "restore", "raw.transactions", "--version", "1",
+                                  "--json").stdout)
+    assert restored["version"] == 3
+
+    prof = json.loads(run_cli("--lake", lake, "lake", "profile", "raw.transactions", "--json").stdout)
+    assert prof["version"] == 3 and prof["rows"] == 196
+    amount = next(c for c in prof["columns"] if c["name"] == "amount")
+    assert amount["nulls"] == 0 and amount["min"] >= 0 and amount["histogram"].endswith("amount.png")
+
+    human = run_cli("--lake", lake, "lake", "profile", "raw.transactions", "--version", "2").stdout
+    assert "profile of raw.transactions v2" in human
+
+
+def test_errors_print_a_message_and_exit_2(tmp_path, csv_file):
+    lake = str(tmp_path / "lake")
+    proc = run_cli("--lake", lake, "lake", "ingest", str(csv_file), "--table", "../etc", check=False)
+    assert proc.returncode == 2 and "layer.name" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("--lake", lake, "lake", "history", "raw.missing", check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    proc = run_cli("--lake", lake, "lake", "ingest", str(empty), "--table", "raw.x", check=False)
+    assert proc.returncode == 2 and "empty" in proc.stderr
+    proc = run_cli("lake", "tables", env={"LAKELOOP_LAKE_ROOTT": "x"}, check=False, cwd=tmp_path)
+    assert proc.returncode == 2 and "LAKELOOP_LAKE_ROOTT" not in proc.stdout and "lake.roott" in proc.stderr
+
+
+def test_config_file_and_env_reach_the_cli(tmp_path, csv_file):
+    (tmp_path / "lakeloop.yaml").write_text("lake:\n  root: from-file\n")
+    run_cli("lake", "ingest", str(csv_file), "--table", "raw.t", cwd=tmp_path)
+    assert (tmp_path / "from-file" / "raw" / "t" / "_delta_log").is_dir()
+    run_cli("lake", "ingest", str(csv_file), "--table", "raw.t", cwd=tmp_path,
+            env={"LAKELOOP_LAKE_ROOT": str(tmp_path / "from-env")})
+    assert (tmp_path / "from-env" / "raw" / "t" / "_delta_log").is_dir()
+
+
+def test_demo_runs_on_embedded_defaults(tmp_path):
+    summary = json.loads(run_cli("demo", "--rows", "400", "--json", cwd=tmp_path).stdout)
+    assert summary["lake"] == str(tmp_path / "lake")
+    assert summary["quarantined"] == 16 and summary["accepted"] == 784
+    assert set(summary["quarantined_by_rule"]) == set(scenario.BAD_KINDS.values())
+    tt = summary["time_travel"]
+    assert tt["rows_at_first"] < tt["rows_at_latest"] == 784
+    human = run_cli("demo", "--rows", "100", "--days", "1", cwd=tmp_path).stdout
+    assert "demo done" in human and "quarantined rows by rule" in human
