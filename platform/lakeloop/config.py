@@ -59,7 +59,16 @@ class ServeConfig:
     port: int = 8000
 
 
-_SECTIONS = {"lake": LakeConfig, "mlflow": MlflowConfig, "ray": RayConfig, "serve": ServeConfig}
+@dataclass(frozen=True)
+class OnlineConfig:
+    """The online feature store's HTTP endpoint (served by its Ray actor)."""
+
+    host: str = "127.0.0.1"
+    port: int = 6566
+
+
+_SECTIONS = {"lake": LakeConfig, "mlflow": MlflowConfig, "ray": RayConfig, "serve": ServeConfig,
+             "online": OnlineConfig}
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     source: str = "defaults"
 
     @property

@@ -316,17 +316,27 @@ class Table:
             lambda: count[0], batch_id, attempts=1,  # a stream cannot be read twice
         )
 
-    def overwrite(self, data: Any, *, batch_id: str | None = None) -> WriteResult:
-        """Replace the table's content (earlier versions stay readable)."""
+    def overwrite(self, data: Any, *, batch_id: str | None = None,
+                  schema: TableSchema | None = None) -> WriteResult:
+        """Replace the table's content (earlier versions stay readable).
+
+        With ``schema``, the table takes that schema (columns may come and go).
+        """
         from deltalake import write_deltalake
 
-        batch = self.schema.conform(as_arrow(data), table=self.name)
-        return self._commit(
-            "overwrite",
-            lambda dt, props: write_deltalake(dt, batch, mode="overwrite", commit_properties=props,
-                                              storage_options=self.lake.storage_options or None),
-            batch.num_rows, batch_id,
-        )
+        current = self.schema
+        new_schema = schema if schema is not None and schema != current else None
+        batch = (new_schema or current).conform(as_arrow(data), table=self.name)
+
+        def write(dt, props):
+            write_deltalake(dt, batch, mode="overwrite", commit_properties=props,
+                            schema_mode="overwrite" if new_schema else None,
+                            storage_options=self.lake.storage_options or None)
+            if new_schema:
+                dt.update_incremental()
+                dt.alter.set_table_properties({SPEC_KEY: new_schema.to_json()}, commit_properties=props)
+
+        return self._commit("overwrite", write, batch.num_rows, batch_id)
 
     def upsert(self, data: Any, *, key: str | Iterable[str] | None = None,
                batch_id: str | None = None) -> WriteResult:

@@ -1,0 +1,36 @@
+"""Materialize a feature view as a Ray job.
+
+    ray job submit --working-dir . -- python jobs/materialize.py customer_stats [--full]
+        [--definitions examples.fraud.features:definitions]
+
+Inside a Ray job, ``lakeloop.connect()`` joins the job's cluster (RAY_ADDRESS) and
+reads its lake and MLflow settings from LAKELOOP_* variables or lakeloop.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("view")
+    parser.add_argument("--full", action="store_true", help="recompute instead of reading new versions only")
+    parser.add_argument("--definitions", help="module:attr to apply first (e.g. after a definition change)")
+    parser.add_argument("--config", help="lakeloop.yaml")
+    args = parser.parse_args(argv)
+
+    import lakeloop
+
+    ll = lakeloop.connect(args.config)
+    if args.definitions:
+        ll.features.apply(args.definitions)
+    result = ll.features.materialize(args.view, full=args.full)
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The online store: latest feature values per entity, in a Ray actor, over the SDK and HTTP.
+
+One detached actor per lakeloop namespace (``lakeloop-online``) holds, for every
+online view, each entity's newest feature row that is known now, loaded from
+``features.<view>``. It is the same rule the training frame applies at "now",
+so online and offline agree. After a materialization the view is reloaded in a
+background thread and swapped in whole, so lookups never see a gap; after a
+restart the actor rebuilds everything from Delta.
+
+HTTP (``online.host:online.port``, loopback by default)::
+
+    GET  /healthz
+    GET  /v1/features                      views, entities, features, loaded_at
+    POST /v1/features/{view}               {"entities": [{"customer_id": "c00001"}, ...]}
+                                           or {"customer_id": ["c00001", ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from lakeloop.errors import FeatureViewNotFoundError, SchemaError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lakeloop.client import Lakeloop
+
+ACTOR_NAME = "lakeloop-online"
+MISSING = "_missing"
+EVENT_TIME = "_event_time"
+
+
+class OnlineTable:
+    """One view's latest values: a dict from entity key to a ready-to-send row."""
+
+    def __init__(self, view: str, keys: list[str], ts: str, features: list[str], ttl_s: float | None,
+                 frame: "pd.DataFrame", now: datetime | None = None):
+        import pandas as pd
+
+        from lakeloop.features.pit import KNOWN_AT
+
+        self.view, self.keys, self.features, self.ttl_s = view, keys, features, ttl_s
+        now = pd.Timestamp(now or datetime.now(timezone.utc))
+        if len(frame):
+            frame = frame[(frame[ts] <= now) & (frame[KNOWN_AT] <= now)]
+            frame = frame.sort_values(keys + [ts, KNOWN_AT] + features, kind="stable")
+            frame = frame.drop_duplicates(keys, keep="last")
+        values = frame[features].astype(object).where(frame[features].notna(), None).to_numpy().tolist()
+        stamps = (frame[ts].astype("int64") // 1000).tolist() if len(frame) else []
+        key_cols = [frame[k].tolist() for k in keys]
+        key_list = key_cols[0] if len(keys) == 1 else list(zip(*key_cols))
+        self.rows: dict[Any, tuple[int, list]] = dict(zip(key_list, zip(stamps, values)))
+        self.loaded_at = time.time()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def key_of(self, entity: dict) -> Any:
+        try:
+            return entity[self.keys[0]] if len(self.keys) == 1 else tuple(entity[k] for k in self.keys)
+        except (KeyError, TypeError) as exc:
+            raise SchemaError(f"each entity needs join key(s) {self.keys} for view {self.view!r}; got {entity!r}") from exc
+
+    def lookup(self, entities: list[dict], now_us: int | None = None) -> list[dict]:
+        """Feature rows for ``entities``; unknown or expired ones get nulls and ``_missing: true``."""
+        now_us = int(time.time() * 1e6) if now_us is None else now_us
+        ttl_us = None if self.ttl_s is None else self.ttl_s * 1e6
+        out = []
+        empty = [None] * len(self.features)
+        for e in entities:
+            hit = self.rows.get(self.key_of(e))
+            if hit is not None and (ttl_us is None or now_us - hit[0] <= ttl_us):
+                row = dict(zip(self.features, hit[1]))
+                row[EVENT_TIME] = datetime.fromtimestamp(hit[0] / 1e6, tz=timezone.utc).isoformat()
+                row[MISSING] = False
+            else:
+                row = dict(zip(self.features, empty))
+                row[EVENT_TIME] = None
+                row[MISSING] = True
+            out.append({**{k: e[k] for k in self.keys}, **row})
+        return out
+
+
+def view_shape(ll: "Lakeloop", name: str) -> tuple[list[str], str, list[str], float | None]:
+    """Join keys, timestamp field, feature names and ttl (s) of a view, from the catalog.
+
+    The catalog's spec is enough here, so the online store needs no user code.
+    """
+    from lakeloop.features.definitions import parse_duration
+
+    spec = json.loads(ll.features.catalog.version(name)["spec"])
+    keys: list[str] = []
+    for e in spec["entities"]:
+        keys += [k for k in e["join_keys"] if k not in keys]
+    features = [f["output"] if f["kind"] == "aggregation" else f["name"] for f in spec["features"]]
+    ttl = parse_duration(spec["ttl"])
+    return keys, spec["timestamp_field"], features, None if ttl is None else ttl.total_seconds()
+
+
+def load_table(ll: "Lakeloop", name: str) -> OnlineTable:
+    from lakeloop.features.pit import KNOWN_AT
+
+    keys, ts, features, ttl = view_shape(ll, name)
+    table = ll.lake.table(f"features.{name}")
+    cols = keys + [ts, KNOWN_AT] + features
+    frame = table.to_pandas(columns=cols) if table.exists() else _empty(cols)
+    return OnlineTable(name, keys, ts, features, ttl, frame)
+
+
+def _empty(cols):
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series([], dtype="datetime64[ns, UTC]") if c.startswith("_") else [] for c in cols})
+
+
+def normalize_entities(body: Any) -> list[dict]:
+    """``{"entities": [...]}``, ``{"key": [values]}``, a list of dicts, or a DataFrame -> list of dicts."""
+    try:
+        import pandas as pd
+
+        if isinstance(body, pd.DataFrame):
+            return body.to_dict("records")
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(body, list):
+        if all(isinstance(e, dict) for e in body):
+            return body
+        raise SchemaError("entities must be objects with the view's join keys, e.g. [{\"customer_id\": \"c1\"}]")
+    if isinstance(body, dict):
+        if "entities" in body:
+            return normalize_entities(body["entities"])
+        if body and all(isinstance(v, list) for v in body.values()):
+            lengths = {len(v) for v in body.values()}
+            if len(lengths) != 1:
+                raise SchemaError("key columns must be lists of equal length")
+            names = list(body)
+            return [dict(zip(names, vals)) for vals in zip(*body.values())]
+    raise SchemaError('send {"entities": [{"<join key>": value, ...}]} or {"<join key>": [values]}')
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(num_cpus=0.1, max_restarts=-1, max_task_retries=-1)
+    class OnlineStore:
+        """Holds every online view; answers the SDK (``lookup``) and HTTP."""
+
+        def __init__(self, config: dict, host: str, port: int):
+            import lakeloop
+
+            self.ll = lakeloop.connect(config)
+            self.host, self.port = host, port
+            self.tables: dict[str, OnlineTable] = {}
+            self.runner = None
+            for info in self.ll.features.list():
+                if info["online"] and info["table_version"] is not None:
+                    try:
+                        self.tables[info["name"]] = load_table(self.ll, info["name"])
+                    except Exception:  # a view whose definition is not importable here stays offline
+                        continue
+
+        async def start_http(self) -> str:
+            if self.runner is None:
+                from aiohttp import web
+
+                app = web.Application(client_max_size=8 * 1024 * 1024)
+                app.router.add_get("/healthz", self._health)
+                app.router.add_get("/v1/features", self._list)
+                app.router.add_post("/v1/features/{view}", self._lookup_http)
+                self.runner = web.AppRunner(app, access_log=None)
+                await self.runner.setup()
+                await web.TCPSite(self.runner, self.host, self.port).start()
+            return f"http://{self.host}:{self.port}"
+
+        async def _health(self, request):
+            from aiohttp import web
+
+            return web.json_response({"status": "ok", "views": sorted(self.tables)})
+
+        async def _list(self, request):
+            from aiohttp import web
+
+            return web.json_response(self.views())
+
+        async def _lookup_http(self, request):
+            from aiohttp import web
+
+            name = request.match_info["view"]
+            try:
+                body = json.loads(await request.read())
+            except (ValueError, UnicodeDecodeError) as exc:
+                return web.json_response({"error": f"request body is not valid JSON: {exc}"}, status=400)
+            try:
+                rows = self.lookup(name, normalize_entities(body))
+            except FeatureViewNotFoundError as exc:
+                return web.json_response({"error": str(exc)}, status=404)
+            except SchemaError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return web.json_response({"view": name, "features": self.tables[name].features, "rows": rows})
+
+        def views(self) -> list[dict]:
+            return [{"view": n, "entities": len(t), "keys": t.keys, "features": t.features,
+                     "loaded_at": t.loaded_at} for n, t in sorted(self.tables.items())]
+
+        def lookup(self, name: str, entities: list[dict]) -> list[dict]:
+            table = self.tables.get(name)
+            if table is None:
+                raise FeatureViewNotFoundError(
+                    f"feature view {name!r} is not in the online store (online views: {sorted(self.tables)}); "
+                    "is it online=True and materialized?")
+            return table.lookup(entities)
+
+        async def refresh(self, name: str) -> int:
+            """Reload one view from Delta off the event loop, then swap it in whole."""
+            import asyncio
+
+            table = await asyncio.to_thread(load_table, self.ll, name)
+            self.tables[name] = table
+            return len(table)
+
+        def drop(self, name: str) -> None:
+            self.tables.pop(name, None)
+
+    return OnlineStore
+
+
+def _existing(ll: "Lakeloop"):
+    ray = ll.ensure_ray()
+    try:
+        return ray.get_actor(ACTOR_NAME, namespace=ll.config.ray.namespace)
+    except ValueError:
+        return None
+
+
+def start(ll: "Lakeloop", *, http: bool = True):
+    """The online store actor (started detached if not running); with ``http``, its endpoint too."""
+    ray = ll.ensure_ray()
+    actor = _existing(ll)
+    if actor is None:
+        actor = _actor_class().options(
+            name=ACTOR_NAME, namespace=ll.config.ray.namespace, lifetime="detached", get_if_exists=True,
+        ).remote(ll.config.to_dict(), ll.config.online.host, ll.config.online.port)
+    if http:
+        ray.get(actor.start_http.remote())
+    return actor
+
+
+def stop(ll: "Lakeloop") -> bool:
+    actor = _existing(ll)
+    if actor is None:
+        return False
+    import ray
+
+    ray.kill(actor, no_restart=True)
+    return True
+
+
+def url(ll: "Lakeloop") -> str:
+    return f"http://{ll.config.online.host}:{ll.config.online.port}"
+
+
+def notify(ll: "Lakeloop", name: str, changed=None) -> None:
+    """After a materialization: reload the view in the online store, if the store runs."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    actor = _existing(ll)
+    if actor is not None:
+        ray.get(actor.refresh.remote(name))
+
+
+def lookup(ll: "Lakeloop", name: str, entities) -> "pd.DataFrame":
+    import pandas as pd
+    import ray
+
+    actor = start(ll, http=False)
+    keys = view_shape(ll, name)[0]
+    if not isinstance(entities, (pd.DataFrame, dict)) and entities and not isinstance(list(entities)[0], dict):
+        if len(keys) != 1:
+            raise SchemaError(f"view {name!r} has several join keys {keys}: pass dicts")
+        entities = [{keys[0]: e} for e in entities]
+    rows = ray.get(actor.lookup.remote(name, normalize_entities(entities)))
+    return pd.DataFrame(rows)

@@ -1,0 +1,410 @@
+"""``ll.features``: apply definitions, materialize them, build training frames, serve online values."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakeloop.errors import (
+    DefinitionError,
+    FeatureViewNotFoundError,
+    NotMaterializedError,
+    SchemaError,
+)
+from lakeloop.features import materialize as mat
+from lakeloop.features.catalog import Catalog
+from lakeloop.features.definitions import FeatureView, load_definitions
+from lakeloop.features.frame import TrainingFrame
+from lakeloop.features.pit import KNOWN_AT, asof_join
+from lakeloop.lake.schema import TableSchema
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lakeloop.client import Lakeloop
+
+DEFAULT_TIMESTAMP = "event_timestamp"
+
+
+class FeatureStore:
+    """Feature views defined once in Python, served offline (training frames) and online."""
+
+    def __init__(self, ll: "Lakeloop"):
+        self.ll = ll
+        self.lake = ll.lake
+        self.catalog = Catalog(ll.lake)
+        self._views: dict[str, FeatureView] = {}
+
+    # -- definitions ---------------------------------------------------------------
+    def plan(self, definitions: str | Iterable) -> list[dict]:
+        """What :meth:`apply` would change: create, new_version, update or unchanged per view."""
+        defs = load_definitions(definitions)
+        self._check_sources(defs)
+        return self.catalog.plan(defs)
+
+    def apply(self, definitions: str | Iterable) -> list[dict]:
+        """Register definitions (``module:attr`` or objects); a changed definition gets a new version."""
+        defs = load_definitions(definitions)
+        self._check_sources(defs)
+        plan = self.catalog.apply(defs, ref=definitions if isinstance(definitions, str) else None)
+        for d in defs:
+            if isinstance(d, FeatureView):
+                self._views[d.name] = d
+        return plan
+
+    def _check_sources(self, defs) -> None:
+        for d in defs:
+            if isinstance(d, FeatureView):
+                self.lake.table_uri(d.source)  # the name is valid
+
+    def view(self, name: str) -> FeatureView:
+        """The applied definition of ``name`` (from this session, or loaded by its ``module:attr``)."""
+        row = self.catalog.version(name)
+        view = self._views.get(name)
+        if view is None and row.get("definitions_ref"):
+            for d in load_definitions(row["definitions_ref"]):
+                if isinstance(d, FeatureView):
+                    self._views.setdefault(d.name, d)
+            view = self._views.get(name)
+        if view is None:
+            raise FeatureViewNotFoundError(
+                f"feature view {name!r} is in the catalog but its Python definition is not loaded here; "
+                "apply it by 'module:attr' so jobs can find it")
+        if view.definition_hash != row["definition_hash"]:
+            raise DefinitionError(
+                f"the loaded definition of {name!r} (hash {view.definition_hash}) differs from the applied "
+                f"version {row['version']} (hash {row['definition_hash']}); run apply first (plan shows the change)")
+        return view
+
+    def list(self) -> list[dict]:
+        """Every view's latest version with its freshness."""
+        df = self.catalog.view_rows()
+        if df.empty:
+            return []
+        return [self.describe(name) for name in sorted(df["name"].unique())]
+
+    def describe(self, name: str) -> dict:
+        """Owner, description, schema, source, versions, and freshness of one view."""
+        row = self.catalog.version(name)
+        spec = json.loads(row["spec"])
+        table = self.lake.table(f"features.{name}")
+        last = self.catalog.last_run(name)
+        runs = self.catalog.runs(name)
+        info = {
+            "name": name, "version": int(row["version"]), "definition_hash": row["definition_hash"],
+            "description": row["description"], "owner": row["owner"], "tags": json.loads(row["tags"] or "{}"),
+            "online": bool(row["online"]), "source": row["source"], "entities": spec["entities"],
+            "timestamp_field": spec["timestamp_field"], "ttl": spec["ttl"], "features": spec["features"],
+            "versions": sorted(int(v) for v in self.catalog.view_rows().query("name == @name")["version"].unique()),
+            "table": table.name, "schema": None, "last_materialized_source_version": None,
+            "table_version": None, "newest_event_time": None, "last_run": None, "last_run_mode": None,
+        }
+        if table.exists():
+            info["schema"] = {c.name: c.type for c in table.schema.columns}
+            info["table_version"] = table.version()
+        if last is not None:
+            info["last_materialized_source_version"] = int(last["source_version"])
+            info["newest_event_time"] = last["newest_event_time"]
+        if len(runs):
+            info["last_run"] = runs.iloc[-1]["finished_at"]
+            info["last_run_mode"] = runs.iloc[-1]["mode"]
+        return info
+
+    # -- materialization ------------------------------------------------------------
+    def materialize(self, name: str, *, full: bool = False, refresh_online: bool = True) -> mat.MaterializeResult:
+        """Bring ``features.<name>`` up to the source's latest version (incremental when it can).
+
+        Runs on Ray Data. A second run on an unchanged source is a no-op. With
+        ``refresh_online`` the online store (if running) picks up the new values.
+        """
+        result, changed = self._materialize(name, full=full)
+        if refresh_online and result.mode != "noop":
+            from lakeloop.features import online
+
+            online.notify(self.ll, name, changed)
+        return result
+
+    def _materialize(self, name: str, *, full: bool):
+        import pandas as pd
+
+        started = pd.Timestamp(mat.now_utc())
+        t0 = time.perf_counter()
+        view = self.view(name)
+        row = self.catalog.version(name)
+        source = self.lake.table(view.source)
+        source_version = source.version()
+        target = self.lake.table(view.table)
+        last = self.catalog.last_run(name, view.definition_hash)
+        schema = TableSchema.build(mat.feature_schema(view, source.schema))
+        if last is not None and target.exists() and target.schema != schema:
+            last = None  # the table's shape changed with the definition: rebuild it
+        prev = None if (full or last is None or not target.exists()) else int(last["source_version"])
+
+        changed = None
+        entities = None
+        if prev is not None and prev == source_version:
+            mode, table_version, written = "noop", target.version(), 0
+        elif prev is None:
+            rows = mat.read_source(source, source_version)
+            computed = mat.compute_on_ray(view, rows, self.lake)
+            arrow = mat.to_feature_arrow(view, computed, schema)
+            self.lake.create(view.table, schema, exist_ok=True,
+                             description=f"features of view {name} (materialized from {view.source})")
+            # the whole content in one commit; a changed definition may change the columns too
+            table_version = target.overwrite(arrow, schema=schema).version
+            mode, written, changed = "full", arrow.num_rows, None
+        else:
+            mode = "incremental"
+            table_version, written, entities, changed = self._incremental(view, source, prev, source_version,
+                                                                          target, schema)
+        newest = None
+        if target.exists():
+            ts = target.to_arrow(columns=[view.timestamp_field]).column(0)
+            newest = pc.max(ts).as_py() if len(ts) else None
+        result = mat.MaterializeResult(name, int(row["version"]), mode, view.source, source_version, prev,
+                                       table_version, written, entities, round(time.perf_counter() - t0, 3))
+        self.catalog.record_run({
+            "view": name, "view_version": int(row["version"]), "definition_hash": view.definition_hash,
+            "mode": mode, "source_table": view.source, "source_version": source_version,
+            "table_version": table_version, "rows_written": written, "entities_recomputed": entities,
+            "newest_event_time": pd.Timestamp(newest) if newest is not None else None,
+            "started_at": started, "finished_at": pd.Timestamp(mat.now_utc()),
+        })
+        return result, changed
+
+    def _incremental(self, view, source, prev: int, version: int, target, schema):
+        import pandas as pd
+        from deltalake import write_deltalake
+
+        changes = mat.read_source(source, version, since=prev)
+        keys, ts = view.join_keys, view.timestamp_field
+        if changes.empty:
+            return target.version(), 0, 0, changes
+        append_only = changes["_change_type"].eq("insert").all() and not view.aggregations
+        if append_only:
+            rows = changes.drop(columns=["_change_type", "_commit_version"]).rename(
+                columns={"_commit_timestamp": KNOWN_AT})
+            computed = mat.compute_on_ray(view, rows, self.lake)
+            arrow = mat.to_feature_arrow(view, computed, schema)
+            return target.append(arrow).version, arrow.num_rows, int(computed[keys].drop_duplicates().shape[0]), computed
+        # recompute the affected entities from their earliest changed event minus the longest window
+        affected = changes[keys].dropna().drop_duplicates()
+        since = pd.Timestamp(changes[ts].min())
+        window_start = since - view.max_window
+        # rows before the window start cannot change any recomputed value; the feed is filtered
+        # on the event time, which an add and its later removal share, so the reconciliation holds
+        history = mat.read_source(source, version, predicate=f"`{ts}` >= '{_iso(window_start)}'")
+        history = history[history[ts] >= window_start]
+        history = history.merge(affected, on=keys, how="inner")
+        computed = mat.compute_on_ray(view, history, self.lake)
+        computed = computed[computed[ts] >= since]
+        arrow = mat.to_feature_arrow(view, computed, schema)
+        predicate = _replace_predicate(affected, keys, ts, since)
+
+        def replace(dt, props):
+            write_deltalake(dt, arrow, mode="overwrite", predicate=predicate, commit_properties=props,
+                            storage_options=self.lake.storage_options or None)
+
+        result = target._commit("replace", replace, arrow.num_rows, None)
+        return result.version, arrow.num_rows, len(affected), computed
+
+    # -- training frames ----------------------------------------------------------------
+    def training_frame(
+        self,
+        entities: "pd.DataFrame | str",
+        features: Sequence[str],
+        *,
+        timestamp_column: str | None = None,
+        known_time: bool = True,
+        entities_version: int | None = None,
+        feature_versions: dict[str, int] | None = None,
+        full_feature_names: bool = False,
+        format: str = "frame",
+    ):
+        """Point-in-time-correct features for each (entity keys, timestamp) row.
+
+        ``entities`` is a DataFrame or a lake table name (read at
+        ``entities_version``). ``features`` are refs ``"view:feature"`` or
+        ``"view:*"``. A row gets, per view, the newest feature row whose event
+        time is at or before its timestamp and within the view's ttl; with
+        ``known_time`` (default) also committed to the lake at or before it, so
+        a backfill cannot leak into the past. Returns a :class:`TrainingFrame`
+        (``format="frame"``), or ``"pandas"``, ``"arrow"``, ``"ray"``.
+        """
+        import pandas as pd
+
+        entity_lineage: dict[str, Any]
+        if isinstance(entities, str):
+            table = self.lake.table(entities)
+            version = table.version() if entities_version is None else entities_version
+            entity_df = table.to_pandas(version=version)
+            entity_lineage = {"table": entities, "version": version}
+        else:
+            entity_df = entities.reset_index(drop=True)
+            digest = hashlib.sha256(pd.util.hash_pandas_object(entity_df, index=False).to_numpy().tobytes())
+            entity_lineage = {"table": None, "rows": len(entity_df), "hash": digest.hexdigest()[:16]}
+        ts_col = timestamp_column or _guess_timestamp(entity_df)
+        if ts_col not in entity_df.columns:
+            raise SchemaError(f"entity rows have no timestamp column {ts_col!r}; pass timestamp_column=")
+        entity_df = entity_df.copy()
+        entity_df[ts_col] = pd.to_datetime(entity_df[ts_col], utc=True)
+        query = pa.Table.from_pandas(entity_df, preserve_index=False)
+
+        by_view = _parse_refs(features)
+        data = {c: query.column(c) for c in query.column_names}
+        views_lineage = {}
+        all_features: list[str] = []
+        entity_keys: list[str] = []
+        for name, wanted in by_view.items():
+            view = self.view(name)
+            missing_keys = [k for k in view.join_keys if k not in entity_df.columns]
+            if missing_keys:
+                raise SchemaError(f"entity rows lack join key(s) {missing_keys} of view {name!r}")
+            entity_keys += [k for k in view.join_keys if k not in entity_keys]
+            cols = view.feature_names if wanted == ["*"] else wanted
+            unknown = [c for c in cols if c not in view.feature_names]
+            if unknown:
+                raise DefinitionError(f"view {name!r} has no feature(s) {unknown}; it has {view.feature_names}")
+            table = self.lake.table(view.table)
+            if not table.exists():
+                raise NotMaterializedError(f"feature view {name!r} is not materialized yet; run "
+                                           f"lakeloop features materialize {name}")
+            version = (feature_versions or {}).get(name, table.version())
+            feats = table.to_arrow(version=version, columns=view.join_keys + [view.timestamp_field, KNOWN_AT] + cols)
+            ttl = view.ttl_delta
+            joined = asof_join(query, feats, keys=view.join_keys, query_ts=ts_col,
+                               feature_ts=view.timestamp_field, columns=cols,
+                               ttl_us=None if ttl is None else int(ttl.total_seconds() * 1_000_000),
+                               known_time=known_time, presorted=True)
+            for c in cols:
+                out = f"{name}__{c}" if full_feature_names else c
+                if out in data:
+                    raise SchemaError(f"feature column {out!r} collides with another column; use full_feature_names=True")
+                data[out] = joined[c]
+                all_features.append(out)
+            run = self.catalog.runs(name)
+            run = run[run["table_version"] <= version] if len(run) else run
+            row = self.catalog.version(name)
+            views_lineage[name] = {
+                "view_version": int(row["version"]), "definition_hash": view.definition_hash,
+                "table": view.table, "table_version": int(version), "source": view.source,
+                "source_version": int(run.iloc[-1]["source_version"]) if len(run) else None,
+                "features": list(cols),
+            }
+        arrow = pa.table(data)
+        lineage = {"entities": entity_lineage, "timestamp_column": ts_col, "views": views_lineage,
+                   "known_time": known_time, "full_feature_names": full_feature_names,
+                   "feature_refs": list(features)}
+        if format == "arrow":
+            return arrow
+        frame = TrainingFrame(arrow.to_pandas(), all_features, entity_keys, ts_col, lineage)
+        if format == "pandas":
+            return frame.data
+        if format == "ray":
+            return frame.to_ray()
+        return frame
+
+    def rebuild_frame(self, lineage: dict, entities: "pd.DataFrame | None" = None) -> TrainingFrame:
+        """The same training frame again, from a lineage record (same Delta versions)."""
+        src = lineage["entities"]
+        if src.get("table"):
+            entities = src["table"]
+        elif entities is None:
+            raise DefinitionError("this frame's entity rows came from a DataFrame, not a lake table; "
+                                  "pass entities= (their recorded hash is checked)")
+        frame = self.training_frame(
+            entities, lineage.get("feature_refs") or [f"{v}:{f}" for v, info in lineage["views"].items()
+                                                     for f in info["features"]],
+            timestamp_column=lineage["timestamp_column"], known_time=lineage.get("known_time", True),
+            entities_version=src.get("version"),
+            feature_versions={v: info["table_version"] for v, info in lineage["views"].items()},
+            full_feature_names=lineage.get("full_feature_names", False),
+        )
+        if not src.get("table") and frame.lineage["entities"]["hash"] != src.get("hash"):
+            raise DefinitionError("the entity rows passed to rebuild_frame differ from the recorded ones")
+        return frame
+
+    # -- online ---------------------------------------------------------------------
+    def online_features(self, name: str, entities, *, now=None) -> "pd.DataFrame":
+        """Latest values per entity from the online store (started on demand).
+
+        ``entities``: a DataFrame or list of dicts with the join keys, or a list of
+        key values for a single-key view. Unknown entities get nulls and
+        ``_missing=True``.
+        """
+        from lakeloop.features import online
+
+        return online.lookup(self.ll, name, entities)
+
+    def push(self, name: str, rows) -> dict:
+        """Stream rows into a view: land them in its source, update the offline table and online store."""
+        view = self.view(name)
+        written = self.lake.table(view.source).append(rows)
+        result = self.materialize(name)
+        return {"source_version": written.version, "rows": written.rows, **result.to_dict()}
+
+    def follow(self, name: str, *, interval_s: float = 2.0, max_seconds: float | None = None,
+               max_runs: int | None = None) -> list[mat.MaterializeResult]:
+        """Materialize ``name`` whenever its source gets a new version (the streaming job's loop)."""
+        view = self.view(name)
+        source = self.lake.table(view.source)
+        results = []
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        seen = None
+        while (deadline is None or time.monotonic() < deadline) and (max_runs is None or len(results) < max_runs):
+            version = source.version()
+            if version != seen:
+                result = self.materialize(name)
+                seen = version
+                if result.mode != "noop":
+                    results.append(result)
+            time.sleep(interval_s)
+        return results
+
+
+def _parse_refs(features: Sequence[str]) -> dict[str, list[str]]:
+    by_view: dict[str, list[str]] = {}
+    for ref in features:
+        if not isinstance(ref, str) or ":" not in ref:
+            raise DefinitionError(f"feature ref {ref!r} must be 'view:feature' or 'view:*'")
+        view, feat = ref.split(":", 1)
+        cur = by_view.setdefault(view, [])
+        if feat == "*":
+            by_view[view] = ["*"]
+        elif cur != ["*"] and feat not in cur:
+            cur.append(feat)
+    return by_view
+
+
+def _guess_timestamp(df: "pd.DataFrame") -> str:
+    import pandas as pd
+
+    if DEFAULT_TIMESTAMP in df.columns:
+        return DEFAULT_TIMESTAMP
+    stamps = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
+    if len(stamps) == 1:
+        return stamps[0]
+    raise SchemaError(f"cannot tell which column of the entity rows is the timestamp (candidates: {stamps}); "
+                      "pass timestamp_column=")
+
+
+def _replace_predicate(affected: "pd.DataFrame", keys: list[str], ts: str, since) -> str:
+    def lit(v):
+        return "'" + str(v).replace("'", "''") + "'" if isinstance(v, str) else repr(v.item() if hasattr(v, "item") else v)
+
+    if len(keys) == 1:
+        match = f"`{keys[0]}` IN ({', '.join(lit(v) for v in affected[keys[0]])})"
+    else:
+        match = " OR ".join("(" + " AND ".join(f"`{k}` = {lit(r[k])}" for k in keys) + ")"
+                            for r in affected.to_dict("records"))
+    return f"({match}) AND `{ts}` >= '{_iso(since)}'"
+
+
+def _iso(ts) -> str:
+    """A UTC timestamp literal delta-rs predicates parse."""
+    return ts.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
