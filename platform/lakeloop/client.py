@@ -12,6 +12,7 @@ from lakeloop.errors import ConnectError
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from lakeloop.features.store import FeatureStore
     from lakeloop.lake import Lake
 
 
@@ -82,6 +83,13 @@ class Lakeloop:
         if "://" not in self.config.lake.root:
             os.makedirs(self.config.lake.root, exist_ok=True)
         return Lake(self.config.lake.root, self.config.lake.storage_options, ensure_ray=self.ensure_ray)
+
+    @cached_property
+    def features(self) -> "FeatureStore":
+        """The feature store: definitions, materialization, training frames, online values."""
+        from lakeloop.features.store import FeatureStore
+
+        return FeatureStore(self)
 
     # -- Ray -------------------------------------------------------------------
     def ensure_ray(self):

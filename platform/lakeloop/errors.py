@@ -79,3 +79,21 @@ class WriteConflictError(LakeloopError):
     """A write kept conflicting with concurrent writers after every retry."""
 
     http_status = 409
+
+
+class DefinitionError(LakeloopError):
+    """A feature definition (entity, feature view) is not valid."""
+
+    http_status = 400
+
+
+class FeatureViewNotFoundError(LakeloopError):
+    """No feature view of that name (or version) is registered in the catalog."""
+
+    http_status = 404
+
+
+class NotMaterializedError(LakeloopError):
+    """A feature view has no materialized data yet."""
+
+    http_status = 409

@@ -34,9 +34,10 @@ def _root(
 
 
 def _register() -> None:
-    from lakeloop.cli import demo, lake
+    from lakeloop.cli import demo, features, lake
 
     app.add_typer(lake.app, name="lake")
+    app.add_typer(features.app, name="features")
     app.command("demo")(demo.demo)
 
 
