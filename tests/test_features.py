@@ -139,6 +139,8 @@ def test_window_aggregates_are_per_entity_over_the_trailing_window(store, ll):
                        t0 + pd.Timedelta(minutes=40), t0 + pd.Timedelta(minutes=90)]}))
     store.materialize("user_windows")
     f = ll.lake.table("features.user_windows").to_pandas().sort_values(["user_id", "event_time"])
+    committed = ll.lake.table("raw.events").history(limit=1)[0]["timestamp"]
+    assert (f[KNOWN_AT] == pd.Timestamp(committed)).all(), "known when the source rows were committed"
     a = f[f["user_id"] == "a"]
     # windows are (t - w, t]: both rows at 10:30 see each other; at 11:30 the 1h window starts after 10:30
     assert a["amount_count_1h"].tolist() == [1, 3, 3, 1]

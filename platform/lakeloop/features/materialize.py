@@ -182,7 +182,7 @@ def _aggregate(view: FeatureView, rows: "pd.DataFrame", out: "pd.DataFrame") -> 
     frame = rows.set_index(ts)
     grouped = frame.groupby(keys, sort=False)
     win = f"{int(view.max_window.total_seconds())}s"
-    known_us = frame[KNOWN_AT].astype("int64") // 1000  # microseconds stay exact in float64
+    known_us = frame[KNOWN_AT].dt.as_unit("us").astype("int64")  # microseconds stay exact in float64
     out[KNOWN_AT] = pd.to_datetime(
         known_us.groupby([frame[k] for k in keys], sort=False).rolling(win, closed="right").max()
         .to_numpy().astype("int64"), unit="us", utc=True)

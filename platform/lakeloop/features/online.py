@@ -50,7 +50,7 @@ class OnlineTable:
             frame = frame.sort_values(keys + [ts, KNOWN_AT] + features, kind="stable")
             frame = frame.drop_duplicates(keys, keep="last")
         values = frame[features].astype(object).where(frame[features].notna(), None).to_numpy().tolist()
-        stamps = (frame[ts].astype("int64") // 1000).tolist() if len(frame) else []
+        stamps = frame[ts].dt.as_unit("us").astype("int64").tolist() if len(frame) else []
         key_cols = [frame[k].tolist() for k in keys]
         key_list = key_cols[0] if len(keys) == 1 else list(zip(*key_cols))
         self.rows: dict[Any, tuple[int, list]] = dict(zip(key_list, zip(stamps, values)))
