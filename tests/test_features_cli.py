@@ -45,6 +45,14 @@ def test_apply_plan_list_describe_materialize(project):
     human = run_cli("features", "describe", "merchant_stats", cwd=project).stdout
     assert "activity of a merchant" in human
 
+    someone = next(r["customer_id"] for r in scenario.generate(400, seed=2) if r["customer_id"])
+    looked = json.loads(run_cli("features", "lookup", "customer_stats", someone, "nobody", "--json",
+                                cwd=project).stdout)
+    assert [r["_missing"] for r in looked] == [True, True], "30d ttl: January's values have expired"
+    follow = json.loads(run_cli("features", "follow", "merchant_stats", "--interval", "0.2",
+                                "--max-seconds", "2", "--json", cwd=project).stdout)
+    assert [r["mode"] for r in follow] == ["full"]
+
     err = run_cli("features", "materialize", "nope", cwd=project, check=False)
     assert err.returncode == 2 and "not in the catalog" in err.stderr
 

@@ -10,12 +10,13 @@ from conftest import REPO, run_cli
 README = (REPO / "README.md").read_text()
 
 
-def test_readme_python_blocks_run(tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+def test_readme_python_blocks_run(tmp_path, ray_session):
+    blocks = [(m.start(1), m.group(1)) for m in re.finditer(r"```python\n(.*?)```", README, re.S)]
     assert blocks, "the README shows Python examples"
     namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    for start, block in blocks:
+        padded = "\n" * README.count("\n", 0, start) + block  # tracebacks name README.md's own lines
+        exec(compile(padded, "README.md", "exec"), namespace)  # noqa: S102 - our own README
 
 
 def test_readme_cli_commands_are_real_commands():

@@ -50,8 +50,9 @@ def ray_init_kwargs(config: Config) -> dict:
             address="local",
             include_dashboard=True,
             dashboard_host=config.ray.dashboard_host,
-            dashboard_port=config.ray.dashboard_port,
         )
+        if config.ray.dashboard_port is not None:
+            kwargs["dashboard_port"] = config.ray.dashboard_port
         if config.ray.num_cpus is not None:
             kwargs["num_cpus"] = config.ray.num_cpus
     return kwargs

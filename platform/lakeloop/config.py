@@ -50,7 +50,7 @@ class RayConfig:
     namespace: str = "lakeloop"
     num_cpus: int | None = None
     dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8265
+    dashboard_port: int | None = None  # None: 8265, or the next free port
 
 
 @dataclass(frozen=True)

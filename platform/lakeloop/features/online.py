@@ -1,6 +1,6 @@
 """The online store: latest feature values per entity, in a Ray actor, over the SDK and HTTP.
 
-One detached actor per lakeloop namespace (``lakeloop-online``) holds, for every
+One detached actor per lake (``lakeloop-online-<digest of the root>``) holds, for every
 online view, each entity's newest feature row that is known now, loaded from
 ``features.<view>``. It is the same rule the training frame applies at "now",
 so online and offline agree. After a materialization the view is reloaded in a
@@ -228,10 +228,17 @@ def _actor_class():
     return OnlineStore
 
 
+def actor_name(ll: "Lakeloop") -> str:
+    """One online store per lake: the name carries a digest of the lake root."""
+    import hashlib
+
+    return f"{ACTOR_NAME}-{hashlib.sha256(ll.config.lake.root.encode()).hexdigest()[:10]}"
+
+
 def _existing(ll: "Lakeloop"):
     ray = ll.ensure_ray()
     try:
-        return ray.get_actor(ACTOR_NAME, namespace=ll.config.ray.namespace)
+        return ray.get_actor(actor_name(ll), namespace=ll.config.ray.namespace)
     except ValueError:
         return None
 
@@ -242,7 +249,7 @@ def start(ll: "Lakeloop", *, http: bool = True):
     actor = _existing(ll)
     if actor is None:
         actor = _actor_class().options(
-            name=ACTOR_NAME, namespace=ll.config.ray.namespace, lifetime="detached", get_if_exists=True,
+            name=actor_name(ll), namespace=ll.config.ray.namespace, lifetime="detached", get_if_exists=True,
         ).remote(ll.config.to_dict(), ll.config.online.host, ll.config.online.port)
     if http:
         ray.get(actor.start_http.remote())
