@@ -147,6 +147,28 @@ class Lakeloop:
                 ) from exc
             raise
 
+    # -- AutoML and the model registry -------------------------------------------
+    @cached_property
+    def automl(self):
+        """AutoML on Ray Tune (:class:`lakeloop.automl.AutoML`): ``ll.automl.run(frame, target=...)``."""
+        from lakeloop.automl import AutoML
+
+        return AutoML(self)
+
+    @cached_property
+    def models(self):
+        """The model registry (:class:`lakeloop.registry.ModelRegistry`): versions, gate, aliases, rebuild."""
+        from lakeloop.registry import ModelRegistry
+
+        return ModelRegistry(self)
+
+    @cached_property
+    def serving(self):
+        """Serving on Ray Serve (:class:`lakeloop.serving.service.Serving`): up, deploy, traffic, promote."""
+        from lakeloop.serving.service import Serving
+
+        return Serving(self)
+
 
 def connect(config: str | os.PathLike | Mapping[str, Any] | Config | None = None, **overrides: Any) -> Lakeloop:
     """Connect to a lakeloop deployment.

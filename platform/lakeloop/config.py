@@ -57,6 +57,10 @@ class RayConfig:
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
+    admin_token: str | None = None  # None: generated into <lake>/_serve/admin_token on first start
+    max_rows: int = 1000
+    max_bytes: int = 1_000_000
+    replica_cpus: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,10 @@ def _coerce(path: str, f: dataclasses.Field, value: Any, source: str):
             if isinstance(value, bool):
                 raise ValueError
             return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
         if kind.startswith("str"):
             return str(value)
         if kind == "dict":

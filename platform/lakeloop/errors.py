@@ -97,3 +97,51 @@ class NotMaterializedError(LakeloopError):
     """A feature view has no materialized data yet."""
 
     http_status = 409
+
+
+class AutoMLError(LakeloopError):
+    """An AutoML search cannot run or produced no usable trial (bad inputs, too small a budget)."""
+
+    http_status = 400
+
+
+class ModelNotFoundError(LakeloopError):
+    """No registered model, version or alias of that name in the registry."""
+
+    http_status = 404
+
+
+class PromotionError(LakeloopError):
+    """A promotion or rollback is not allowed (failed gate, no champion to roll back to)."""
+
+    http_status = 409
+
+
+class RebuildError(LakeloopError):
+    """A model version cannot be rebuilt from its recorded lineage."""
+
+    http_status = 409
+
+
+class TrafficError(LakeloopError):
+    """A traffic policy or deployment request that cannot be applied."""
+
+    http_status = 400
+
+
+class InputError(LakeloopError):
+    """A prediction request that does not match the model's signature or limits."""
+
+    http_status = 422
+
+
+class ModelNotServedError(LakeloopError):
+    """No such model, or no such version, is served."""
+
+    http_status = 404
+
+
+class AuthError(LakeloopError):
+    """An admin request without the right bearer token."""
+
+    http_status = 401

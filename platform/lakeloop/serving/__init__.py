@@ -1,0 +1,1 @@
+"""Serving on Ray Serve: model versions as deployments, traffic policies, validated inputs, logged predictions."""

@@ -1,0 +1,249 @@
+"""The serving controller: which versions are deployed and how traffic flows, kept in one actor.
+
+It deploys each model version as its own Serve application (``ModelServer``),
+changes traffic policies, promotes and rolls back (through the registry's
+aliases), and records every change in ``serving.traffic`` so a restart
+resumes the same state. Ingress replicas poll :meth:`snapshot`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+from lakeloop.errors import ModelNotServedError, TrafficError
+from lakeloop.serving.policy import TrafficPolicy
+
+HISTORY = "serving.traffic"
+HISTORY_COLUMNS = {"at": {"type": "timestamp", "required": True}, "model": "string", "action": "string",
+                   "detail": "string", "state": "string"}
+
+
+def controller_name(lake_root: str) -> str:
+    return "lakeloop-serving-" + hashlib.sha256(lake_root.encode()).hexdigest()[:10]
+
+
+class ServingController:
+    def __init__(self, config: dict):
+        import lakeloop
+
+        self.ll = lakeloop.connect(config)
+        self.lock = threading.RLock()
+        self.state: dict[str, Any] = {"version": 0, "models": {}}
+        history = self.ll.lake.table(HISTORY)
+        if history.exists():
+            rows = history.to_pandas()
+            if len(rows):
+                self.state = json.loads(rows.sort_values("at").iloc[-1]["state"])
+
+    # -- reads -------------------------------------------------------------------
+    def snapshot(self, known_version: int = -1) -> dict | None:
+        with self.lock:
+            if known_version == self.state["version"]:
+                return None
+            return copy.deepcopy(self.state)
+
+    def status(self) -> dict:
+        return self.snapshot()
+
+    # -- changes -----------------------------------------------------------------
+    def _commit(self, model: str, action: str, detail: dict) -> dict:
+        import pandas as pd
+
+        self.state["version"] += 1
+        self.ll.lake.create(HISTORY, HISTORY_COLUMNS, exist_ok=True,
+                            description="every serving change: deploys, traffic, promotions, rollbacks")
+        self.ll.lake.table(HISTORY).append(pd.DataFrame([{
+            "at": pd.Timestamp(datetime.now(timezone.utc)), "model": model, "action": action,
+            "detail": json.dumps(detail, default=str), "state": json.dumps(self.state, default=str)}]))
+        m = self.state["models"].get(model, {})
+        return {"model": model, "action": action, **detail, "policy": m.get("policy"),
+                "state_version": self.state["version"]}
+
+    def _resolve(self, model: str, ref) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        client = self.ll.mlflow
+        try:
+            if ref is None:
+                return client.get_model_version_by_alias(model, "champion")
+            if isinstance(ref, int) or str(ref).isdigit():
+                return client.get_model_version(model, str(ref))
+            return client.get_model_version_by_alias(model, str(ref))
+        except MlflowException as exc:
+            raise ModelNotServedError(f"model {model!r} has no version or alias {ref!r} in the registry: "
+                                      f"{exc.message if hasattr(exc, 'message') else exc}") from None
+
+    def _signature(self, uri: str) -> dict:
+        import mlflow
+        from mlflow.models import get_model_info
+
+        mlflow.set_tracking_uri(self.ll.config.tracking_uri)
+        mlflow.set_registry_uri(self.ll.config.registry_uri)
+        schema = get_model_info(uri).signature
+        if schema is None or schema.inputs is None:
+            return {}
+        return {c.name: {"type": str(getattr(c.type, "name", c.type)), "required": bool(c.required)}
+                for c in schema.inputs.inputs if c.name}
+
+    def _feature_views(self, model: str, version: int, schema: dict) -> dict:
+        """Views whose features the model takes, with their join keys (for entity-id requests)."""
+        from lakeloop.features import online
+
+        try:
+            lineage = self.ll.models.lineage(model, version)
+        except Exception:
+            return {}
+        views = ((lineage.get("frame") or {}).get("views") or {}) if isinstance(lineage, dict) else {}
+        out = {}
+        for view in views:
+            try:
+                keys, _, features, _ = online.view_shape(self.ll, view)
+            except Exception:
+                continue
+            taken = [f for f in features if f in schema]
+            if taken:
+                out[view] = {"keys": keys, "features": taken}
+        return out
+
+    def deploy(self, model: str, ref=None, weight: float | None = None, shadow: bool = False) -> dict:
+        """Deploy a version (by number or alias; default champion) as its own Serve application.
+
+        The first version of a model takes all traffic; later ones join with
+        ``weight`` percent (the others keep their proportions), as a shadow, or
+        idle (weight 0) until traffic is moved to them.
+        """
+        from ray import serve
+
+        from lakeloop.serving.deployments import ModelServer, app_name
+
+        mv = self._resolve(model, ref)
+        version = int(mv.version)
+        uri = f"models:/{model}/{version}"
+        schema = self._signature(uri)
+        views = self._feature_views(model, version, schema)
+        if views:
+            from lakeloop.features import online
+
+            online.start(self.ll, http=False)
+        cpus = self.ll.config.serve.replica_cpus
+        serve.run(ModelServer.options(ray_actor_options={"num_cpus": cpus}).bind(
+            uri, self.ll.config.tracking_uri, self.ll.config.registry_uri),
+            name=app_name(model, version), route_prefix=None)
+        with self.lock:
+            m = self.state["models"].setdefault(model, {"versions": {}, "policy": None})
+            m["versions"][str(version)] = {
+                "uri": uri, "run_id": mv.run_id, "schema": schema, "aliases": list(getattr(mv, "aliases", []) or []),
+                "deployed_at": datetime.now(timezone.utc).isoformat()}
+            m["feature_views"] = {**m.get("feature_views", {}), **views}
+            policy = TrafficPolicy.from_dict(m["policy"]) if m["policy"] else None
+            if policy is None:
+                policy = TrafficPolicy(weights={version: 100.0})
+            elif shadow:
+                policy = TrafficPolicy(weights={**policy.weights, version: 0.0},
+                                       shadow=tuple(sorted(set(policy.shadow) | {version})), sticky=policy.sticky)
+            elif weight is not None:
+                policy = _with_share(policy, version, float(weight))
+            elif version not in policy.weights:
+                policy = TrafficPolicy(weights={**policy.weights, version: 0.0}, shadow=policy.shadow,
+                                       sticky=policy.sticky)
+            m["policy"] = policy.to_dict()
+            return self._commit(model, "deploy", {"version": version, "weight": weight, "shadow": shadow})
+
+    def set_traffic(self, model: str, weights: dict, shadow: list | tuple = (), sticky: bool = True) -> dict:
+        with self.lock:
+            m = self._served(model)
+            weights = {int(v): float(w) for v, w in weights.items()}
+            unknown = sorted({*weights, *map(int, shadow)} - {int(v) for v in m["versions"]})
+            if unknown:
+                raise TrafficError(f"version(s) {unknown} of {model!r} are not deployed; deployed: "
+                                   f"{sorted(int(v) for v in m['versions'])}. Deploy them first.")
+            full = {int(v): 0.0 for v in m["versions"]}
+            full.update(weights)
+            policy = TrafficPolicy(weights=full, shadow=tuple(int(v) for v in shadow), sticky=bool(sticky))
+            m["policy"] = policy.to_dict()
+            return self._commit(model, "traffic", {"traffic": policy.percent, "shadow": list(policy.shadow)})
+
+    def promote(self, model: str, version: int | None = None, force: bool = False) -> dict:
+        """Champion alias to ``version`` (default: the challenger) and all traffic to it.
+
+        The version must have passed the registry's gate unless ``force``.
+        """
+        mv = self._resolve(model, version if version is not None else "challenger")
+        version = int(mv.version)
+        self.ll.models.promote(model, version, force=force)
+        if str(version) not in self._served(model)["versions"]:
+            self.deploy(model, version)
+        with self.lock:
+            m = self._served(model)
+            old = TrafficPolicy.from_dict(m["policy"])
+            policy = TrafficPolicy(weights={int(v): 100.0 if int(v) == version else 0.0 for v in m["versions"]},
+                                   shadow=tuple(s for s in old.shadow if s != version), sticky=old.sticky)
+            m["policy"] = policy.to_dict()
+            return self._commit(model, "promote", {"version": version})
+
+    def rollback(self, model: str) -> dict:
+        """Champion alias back to the previous champion, and all traffic to it."""
+        self._served(model)
+        self.ll.models.rollback(model)
+        champion = int(self._resolve(model, "champion").version)
+        if str(champion) not in self.state["models"][model]["versions"]:
+            self.deploy(model, champion)
+        with self.lock:
+            m = self._served(model)
+            old = TrafficPolicy.from_dict(m["policy"])
+            policy = TrafficPolicy(weights={int(v): 100.0 if int(v) == champion else 0.0 for v in m["versions"]},
+                                   shadow=tuple(s for s in old.shadow if s != champion), sticky=old.sticky)
+            m["policy"] = policy.to_dict()
+            return self._commit(model, "rollback", {"version": champion})
+
+    def retire(self, model: str, version: int) -> dict:
+        """Delete an idle version's deployment (no traffic, not a shadow)."""
+        from ray import serve
+
+        from lakeloop.serving.deployments import app_name
+
+        with self.lock:
+            m = self._served(model)
+            policy = TrafficPolicy.from_dict(m["policy"])
+            if policy.weights.get(int(version), 0) > 0 or int(version) in policy.shadow:
+                raise TrafficError(f"version {version} of {model!r} still gets traffic; move it away first")
+            m["versions"].pop(str(version), None)
+            m["policy"] = TrafficPolicy(weights={v: w for v, w in policy.weights.items() if v != int(version)},
+                                        shadow=policy.shadow, sticky=policy.sticky).to_dict()
+            result = self._commit(model, "retire", {"version": int(version)})
+        serve.delete(app_name(model, int(version)))
+        return result
+
+    def undeploy_all(self) -> list[str]:
+        from ray import serve
+
+        from lakeloop.serving.deployments import app_name
+
+        names = [app_name(m, int(v)) for m, info in self.state["models"].items() for v in info["versions"]]
+        for name in names:
+            serve.delete(name)
+        return names
+
+    def _served(self, model: str) -> dict:
+        m = self.state["models"].get(model)
+        if m is None:
+            raise ModelNotServedError(f"model {model!r} is not served; served: {sorted(self.state['models'])}")
+        return m
+
+
+def _with_share(policy: TrafficPolicy, version: int, share: float) -> TrafficPolicy:
+    """``version`` gets ``share`` percent; the others keep their proportions of the rest."""
+    if not 0 <= share <= 100:
+        raise TrafficError(f"weight must be a percentage in 0..100, got {share}")
+    others = {v: w for v, w in policy.weights.items() if v != version}
+    total = sum(others.values())
+    if total <= 0 and share < 100:
+        raise TrafficError("no other version takes traffic; give this one 100")
+    scaled = {v: (100 - share) * w / total for v, w in others.items()} if total > 0 else {}
+    return TrafficPolicy(weights={**scaled, version: share}, shadow=tuple(s for s in policy.shadow if s != version),
+                         sticky=policy.sticky)

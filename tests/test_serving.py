@@ -1,0 +1,219 @@
+"""Serving on Ray Serve over real HTTP: versions as deployments, traffic, shadow, validation, logging."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+import lakeloop
+import serving_models
+from lakeloop.serving.service import admin_token, http_json
+
+pytestmark = pytest.mark.slow
+ROW = {"amount": 150.0, "country": "US"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(port: int, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    r = conn.getresponse()
+    raw = r.read()
+    conn.close()
+    try:
+        return r.status, json.loads(raw)
+    except ValueError:
+        return r.status, {"raw": raw.decode(errors="replace")}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, ray_session):
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("serving") / "lake"
+    ll = lakeloop.connect(lake_root=str(root), serve_port=free_port(), ray_namespace="serving-tests",
+                          serve_max_rows=50, serve_max_bytes=20_000)
+    versions = [serving_models.register(ll, "fraud", t) for t in (100.0, 200.0, 120.0, 110.0)]
+    ll.serving.up()
+    for v in versions[:3]:  # the first takes all traffic; the others wait idle
+        ll.serving.deploy("fraud", v)
+    yield ll, versions
+    ll.serving.down()
+    serve.shutdown()
+
+
+@pytest.fixture
+def fraud(served):
+    ll, versions = served
+    ll.serving.traffic("fraud", {versions[0]: 100})
+    return ll, versions
+
+
+def post_predict(ll, body) -> tuple[int, dict]:
+    return call(ll.config.serve.port, "POST", "/v1/models/fraud/predict", body)
+
+
+def test_predict_answers_predictions_version_and_request_id(fraud):
+    ll, (v1, *_) = fraud
+    status, body = post_predict(ll, {"rows": [ROW, {"amount": 20.0, "country": "BR"}]})
+    assert status == 200
+    assert body["version"] == v1 and body["versions"] == [v1, v1] and len(body["request_id"]) >= 16
+    assert [p["prediction"] for p in body["predictions"]] == [1, 0]
+    status, listing = call(ll.config.serve.port, "GET", "/v1/models")
+    assert listing["models"]["fraud"]["traffic"] == {"1": 100.0, "2": 0.0, "3": 0.0}
+    status, spec = call(ll.config.serve.port, "GET", "/openapi.json")
+    assert status == 200 and "/v1/models/{name}/predict" in spec["paths"]
+    assert call(ll.config.serve.port, "GET", "/docs")[0] == 200
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"rows": [{"country": "US"}]}, 422, "'amount' is missing"),
+    ({"rows": [{**ROW, "colour": "red"}]}, 422, "unexpected field"),
+    ({"rows": [{**ROW, "amount": "high"}]}, 422, "must be a number"),
+    ({"rows": [{**ROW, "amount": None}]}, 422, "'amount' is null"),
+    (b'{"rows": [{"amount": NaN, "country": "US"}]}', 422, "NaN"),
+    ({"rows": []}, 422, "empty"),
+    ({"rows": [ROW] * 51}, 413, "limit is 50"),
+    ({"rows": [{**ROW, "country": "x" * 30_000}]}, 413, "bytes"),
+    (b'{"rows": [', 400, "not valid JSON"),
+    ({"rows": "abc"}, 422, "must be a list"),
+    ({"instances": [ROW]}, 422, '"rows"'),
+    ({"rows": [ROW], "version": 99}, 404, "no served version"),
+])
+def test_bad_input_is_a_4xx_that_names_the_problem(fraud, body, status, needle):
+    ll, _ = fraud
+    got, answer = post_predict(ll, body)
+    assert (got, needle in answer.get("error", "")) == (status, True), answer
+    assert post_predict(ll, {"rows": [ROW]})[0] == 200, "the server keeps serving"
+
+
+def test_unknown_model_is_404(fraud):
+    ll, _ = fraud
+    status, answer = call(ll.config.serve.port, "POST", "/v1/models/nope/predict", {"rows": [ROW]})
+    assert status == 404 and "not served" in answer["error"]
+
+
+def test_weighted_split_and_sticky_keys(fraud):
+    ll, (v1, v2, *_) = fraud
+    ll.serving.deploy("fraud", v2, weight=30)
+    seen = {v1: 0, v2: 0}
+    for _ in range(200):
+        seen[post_predict(ll, {"rows": [ROW]})[1]["version"]] += 1
+    assert 30 <= seen[v2] <= 95, seen  # 30% of 200, loosely
+    for key in ("alice", "bob", "carol", "dave"):
+        first = post_predict(ll, {"rows": [ROW], "routing_key": key})[1]["version"]
+        assert all(post_predict(ll, {"rows": [ROW], "routing_key": key})[1]["version"] == first
+                   for _ in range(10)), "same key, same version while the weights hold"
+
+
+def test_shadow_gets_a_copy_never_answers_and_is_compared(fraud):
+    ll, (v1, v2, *_) = fraud
+    ll.serving.traffic("fraud", {v1: 100}, shadow=[v2])
+    for _ in range(20):
+        status, body = post_predict(ll, {"rows": [ROW]})
+        assert status == 200 and body["version"] == v1
+    deadline = time.monotonic() + 20
+    while True:
+        stats = call(ll.config.serve.port, "GET", "/v1/models")[1]["models"]["fraud"]["versions"][str(v2)]["shadow_stats"]
+        if stats and stats["requests"] >= 20:
+            break
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.2)
+    assert stats["errors"] == 0, json.dumps(stats)
+    assert stats["agreement_rate"] == 0.0  # v2 (threshold 200) says 0 where v1 says 1
+    assert stats["mean_latency_ms"] > 0
+
+
+def test_admin_endpoints_need_the_token(fraud):
+    ll, (v1, v2, *_) = fraud
+    port = ll.config.serve.port
+    body = {"weights": {str(v1): 50, str(v2): 50}}
+    assert call(port, "PUT", "/v1/admin/models/fraud/traffic", body)[0] == 401
+    assert call(port, "PUT", "/v1/admin/models/fraud/traffic", body, {"Authorization": "Bearer wrong"})[0] == 401
+    auth = {"Authorization": f"Bearer {admin_token(ll)}"}
+    status, answer = call(port, "PUT", "/v1/admin/models/fraud/traffic", body, auth)
+    assert status == 200 and answer["traffic"] == {str(v1): 50.0, str(v2): 50.0, "3": 0.0}
+    status, answer = call(port, "PUT", "/v1/admin/models/fraud/traffic", {"weights": {"42": 100}}, auth)
+    assert status == 400 and "not deployed" in answer["error"]
+    assert call(port, "POST", "/v1/admin/models/nope/rollback", {}, auth)[0] == 404
+
+
+def test_zero_failed_requests_through_deploy_traffic_promote_rollback(fraud):
+    ll, (v1, _, _, v4) = fraud
+    port = ll.config.serve.port
+    stop = threading.Event()
+    results = {"ok": 0, "failed": []}
+
+    def load():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        deadline = time.monotonic() + 180
+        while not stop.is_set() and time.monotonic() < deadline and results["ok"] < 20_000:
+            try:
+                conn.request("POST", "/v1/models/fraud/predict", body=json.dumps({"rows": [ROW]}),
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                if 200 <= r.status < 300:
+                    results["ok"] += 1
+                else:
+                    results["failed"].append(r.status)
+            except Exception as exc:  # a dropped connection counts as a failure
+                results["failed"].append(repr(exc))
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        ll.serving.promote("fraud", v1, force=True)
+        ll.serving.deploy("fraud", v4, weight=10)        # a new deployment while traffic flows
+        ll.serving.traffic("fraud", {v1: 50, v4: 50})
+        ll.serving.promote("fraud", v4, force=True)      # alias + 100%
+        ll.serving.rollback("fraud")                     # back to v1
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert results["failed"] == [] and results["ok"] > 20, results
+    assert int(ll.models.client.get_model_version_by_alias("fraud", "champion").version) == v1
+    status = ll.serving.status()["models"]["fraud"]["policy"]["weights"]
+    assert {int(k): v for k, v in status.items() if v > 0} == {v1: 100.0}
+
+
+def test_every_prediction_is_logged_and_feedback_lands(fraud):
+    ll, (v1, v2, *_) = fraud
+    ll.serving.traffic("fraud", {v1: 100}, shadow=[v2])
+    status, body = post_predict(ll, {"rows": [ROW, {"amount": 5.0, "country": "NG"}]})
+    rid = body["request_id"]
+    assert call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": rid, "labels": [1, 0]})[0] == 200
+    assert call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": rid})[0] == 400
+    log = ll.lake.table("logs.inference")
+    deadline = time.monotonic() + 30
+    while True:
+        df = log.to_pandas() if log.exists() else pd.DataFrame(columns=["request_id"])
+        mine = df[df["request_id"] == rid]
+        if len(mine) >= 4:
+            break
+        assert time.monotonic() < deadline, mine
+        time.sleep(0.3)
+    assert sorted(zip(mine["route"], mine["row"])) == [("primary", 0), ("primary", 1), ("shadow", 0), ("shadow", 1)]
+    primary = mine[mine["route"] == "primary"].sort_values("row")
+    assert json.loads(primary.iloc[1]["features"]) == {"amount": 5.0, "country": "NG"}
+    assert primary["version"].tolist() == [v1, v1] and (primary["latency_ms"] > 0).all()
+    fb = ll.lake.table("logs.feedback")
+    deadline = time.monotonic() + 30
+    while not (fb.exists() and len(fb.to_pandas().query("request_id == @rid")) == 2):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
