@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 
@@ -12,16 +11,11 @@ import pandas as pd
 import pytest
 
 import lakeloop
+from conftest import free_port
 from lakeloop.features import online
 
 pytestmark = pytest.mark.slow
 DEFS = "fs_defs:definitions"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body) -> tuple[int, dict]:

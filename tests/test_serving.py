@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 
@@ -13,16 +12,11 @@ import pytest
 
 import lakeloop
 import serving_models
-from lakeloop.serving.service import admin_token, http_json
+from conftest import free_port
+from lakeloop.serving.service import admin_token
 
 pytestmark = pytest.mark.slow
 ROW = {"amount": 150.0, "country": "US"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(port: int, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
@@ -71,6 +65,7 @@ def test_predict_answers_predictions_version_and_request_id(fraud):
     assert status == 200
     assert body["version"] == v1 and body["versions"] == [v1, v1] and len(body["request_id"]) >= 16
     assert [p["prediction"] for p in body["predictions"]] == [1, 0]
+    assert call(ll.config.serve.port, "GET", "/v1/models")[1]["models"]["fraud"]["versions"]["1"]["in_process"] is False
     status, listing = call(ll.config.serve.port, "GET", "/v1/models")
     assert listing["models"]["fraud"]["traffic"] == {"1": 100.0, "2": 0.0, "3": 0.0}
     status, spec = call(ll.config.serve.port, "GET", "/openapi.json")
@@ -217,3 +212,73 @@ def test_every_prediction_is_logged_and_feedback_lands(fraud):
     while not (fb.exists() and len(fb.to_pandas().query("request_id == @rid")) == 2):
         assert time.monotonic() < deadline
         time.sleep(0.3)
+
+
+def test_fuzzed_requests_never_get_a_5xx(fraud):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    ll, _ = fraud
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
+                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
+    rows = st.lists(st.dictionaries(st.sampled_from(["amount", "country", "x", ""]), scalars, max_size=4),
+                    max_size=4)
+    bodies = st.one_of(
+        st.fixed_dictionaries({"rows": rows}, optional={"routing_key": scalars, "version": scalars}),
+        st.dictionaries(st.text(max_size=8), scalars, max_size=3),
+        st.lists(scalars, max_size=3),
+        scalars,
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies, st.sampled_from(["fraud", "nope"]))
+    def check(body, model):
+        status, answer = call(ll.config.serve.port, "POST", f"/v1/models/{model}/predict", body)
+        assert status < 500, (body, status, answer)
+
+    check()
+    status, answer = call(ll.config.serve.port, "POST", "/v1/models/fraud/predict", b"\xff\xfe garbage")
+    assert status == 400
+
+
+def test_cli_changes_traffic_of_the_running_endpoint(fraud, lake_root):
+    from conftest import run_cli
+
+    ll, (v1, v2, *_) = fraud
+    env = {"LAKELOOP_LAKE_ROOT": ll.config.lake.root, "LAKELOOP_SERVE_PORT": str(ll.config.serve.port)}
+    out = json.loads(run_cli("serve", "traffic", "fraud", f"{v1}=80", f"{v2}=20", "--shadow", "3", "--json",
+                             env=env).stdout)
+    assert {k: v for k, v in out["traffic"].items() if v} == {str(v1): 80.0, str(v2): 20.0}
+    assert out["shadow"] == [3]
+    status = json.loads(run_cli("serve", "status", "--json", env=env).stdout)
+    assert status["models"]["fraud"]["traffic"][str(v2)] == 20.0
+    human = run_cli("serve", "status", env=env).stdout
+    assert "served models" in human
+    bad = run_cli("serve", "traffic", "fraud", "9=100", env=env, check=False)
+    assert bad.returncode == 2 and "not deployed" in bad.stderr
+    bad = run_cli("serve", "traffic", "fraud", "half", env=env, check=False)
+    assert bad.returncode == 2 and "VERSION=WEIGHT" in bad.stderr
+
+
+def test_per_version_metrics_reach_the_prometheus_endpoint(fraud):
+    import ray
+
+    ll, _ = fraud
+    for _ in range(5):
+        post_predict(ll, {"rows": [ROW]})
+    post_predict(ll, {"rows": []})
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"  # loopback only
+    deadline = time.monotonic() + 60
+    while True:
+        import urllib.request
+
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        if "ray_lakeloop_predictions" in text and "ray_lakeloop_rejected_requests" in text:
+            break
+        assert time.monotonic() < deadline, "lakeloop metrics never appeared on the Prometheus endpoint"
+        time.sleep(1)
+    line = next(x for x in text.splitlines() if x.startswith("ray_lakeloop_predictions") and 'route="primary"' in x)
+    assert 'model="fraud"' in line and 'version="1"' in line
+    assert "ray_lakeloop_prediction_latency_ms_bucket" in text

@@ -61,6 +61,7 @@ class ServeConfig:
     max_rows: int = 1000
     max_bytes: int = 1_000_000
     replica_cpus: float = 0.25
+    in_process: bool = False  # the ingress also holds live versions and skips the hop to their deployments
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,12 @@ def _coerce(path: str, f: dataclasses.Field, value: Any, source: str):
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if kind == "bool":
+            if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
         if kind.startswith("str"):
             return str(value)
         if kind == "dict":

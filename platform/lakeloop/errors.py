@@ -145,3 +145,33 @@ class AuthError(LakeloopError):
     """An admin request without the right bearer token."""
 
     http_status = 401
+
+
+class RegistrationError(LakeloopError):
+    """A model cannot be registered as asked (missing spec, target or task)."""
+
+    http_status = 400
+
+
+class MonitorError(LakeloopError):
+    """A drift monitor or detector cannot run as asked (bad settings, unusable data)."""
+
+    http_status = 400
+
+
+class ReferenceNotFoundError(LakeloopError):
+    """No reference data (training rows) can be found for a model version to compare serving with."""
+
+    http_status = 404
+
+
+class MonitorNotFoundError(LakeloopError):
+    """No drift monitor runs, or ever ran, for that model in this lake."""
+
+    http_status = 404
+
+
+class EventError(LakeloopError):
+    """An event for ``logs.events`` that is not valid (unknown kind, missing model)."""
+
+    http_status = 400

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from lakeloop.cli.output import console, print_json, print_table
+from lakeloop.cli.output import console, print_json, print_table, run_until
 
 app = typer.Typer(help="The feature store: definitions, materialization, online values.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
@@ -89,8 +89,6 @@ def serve(ctx: typer.Context,
           seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this long (default: Ctrl-C)."),
           as_json: bool = JSON):
     """Run the online store and its HTTP endpoint until interrupted."""
-    import time
-
     from lakeloop.features import online
 
     ll = ctx.obj.connect()
@@ -100,12 +98,8 @@ def serve(ctx: typer.Context,
         print_json(info)
     else:
         console().print(f"online store at {info['url']} serving {info['views']} (Ctrl-C stops it)")
-    deadline = None if seconds is None else time.monotonic() + seconds
     try:
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        run_until(seconds)
     finally:
         online.stop(ll)
 

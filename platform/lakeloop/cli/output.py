@@ -64,3 +64,15 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
+
+
+def run_until(seconds: float | None) -> None:
+    """Block until ``seconds`` have passed (``None``: until Ctrl-C)."""
+    import time
+
+    deadline = None if seconds is None else time.monotonic() + seconds
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass

@@ -180,16 +180,15 @@ def _aggregate(view: FeatureView, rows: "pd.DataFrame", out: "pd.DataFrame") -> 
     ts, keys = view.timestamp_field, view.join_keys
     # known time of a windowed value: the newest commit among the rows inside the longest window
     frame = rows.set_index(ts)
-    grouped = frame.groupby(keys, sort=False)
+    by_entity = [frame[k] for k in keys]
     win = f"{int(view.max_window.total_seconds())}s"
     known_us = frame[KNOWN_AT].dt.as_unit("us").astype("int64")  # microseconds stay exact in float64
     out[KNOWN_AT] = pd.to_datetime(
-        known_us.groupby([frame[k] for k in keys], sort=False).rolling(win, closed="right").max()
+        known_us.groupby(by_entity, sort=False).rolling(win, closed="right").max()
         .to_numpy().astype("int64"), unit="us", utc=True)
     for a in view.aggregations:
         col = frame[a.column].astype("float64")
-        r = col.groupby([frame[k] for k in keys], sort=False).rolling(
-            f"{int(a.window_delta.total_seconds())}s", closed="right")
+        r = col.groupby(by_entity, sort=False).rolling(f"{int(a.window_delta.total_seconds())}s", closed="right")
         values = getattr(r, a.function)().to_numpy()
         out[a.output] = values.astype("int64") if a.function == "count" else values
 

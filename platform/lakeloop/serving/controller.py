@@ -173,9 +173,18 @@ class ServingController:
 
         The version must have passed the registry's gate unless ``force``.
         """
-        mv = self._resolve(model, version if version is not None else "challenger")
-        version = int(mv.version)
+        version = int(self._resolve(model, version if version is not None else "challenger").version)
         self.ll.models.promote(model, version, force=force)
+        return self._all_traffic_to(model, version, "promote")
+
+    def rollback(self, model: str) -> dict:
+        """Champion alias back to the previous champion, and all traffic to it."""
+        self._served(model)
+        self.ll.models.rollback(model)
+        return self._all_traffic_to(model, int(self._resolve(model, "champion").version), "rollback")
+
+    def _all_traffic_to(self, model: str, version: int, action: str) -> dict:
+        """Deploy ``version`` if needed, then route every request of ``model`` to it."""
         if str(version) not in self._served(model)["versions"]:
             self.deploy(model, version)
         with self.lock:
@@ -184,22 +193,7 @@ class ServingController:
             policy = TrafficPolicy(weights={int(v): 100.0 if int(v) == version else 0.0 for v in m["versions"]},
                                    shadow=tuple(s for s in old.shadow if s != version), sticky=old.sticky)
             m["policy"] = policy.to_dict()
-            return self._commit(model, "promote", {"version": version})
-
-    def rollback(self, model: str) -> dict:
-        """Champion alias back to the previous champion, and all traffic to it."""
-        self._served(model)
-        self.ll.models.rollback(model)
-        champion = int(self._resolve(model, "champion").version)
-        if str(champion) not in self.state["models"][model]["versions"]:
-            self.deploy(model, champion)
-        with self.lock:
-            m = self._served(model)
-            old = TrafficPolicy.from_dict(m["policy"])
-            policy = TrafficPolicy(weights={int(v): 100.0 if int(v) == champion else 0.0 for v in m["versions"]},
-                                   shadow=tuple(s for s in old.shadow if s != champion), sticky=old.sticky)
-            m["policy"] = policy.to_dict()
-            return self._commit(model, "rollback", {"version": champion})
+            return self._commit(model, action, {"version": version})
 
     def retire(self, model: str, version: int) -> dict:
         """Delete an idle version's deployment (no traffic, not a shadow)."""

@@ -39,33 +39,42 @@ def app_name(model: str, version: int) -> str:
     return f"lakeloop-{model}-v{version}"
 
 
+def load_pyfunc(model_uri: str, tracking_uri: str, registry_uri: str):
+    import warnings
+
+    import mlflow
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mlflow.pyfunc.load_model(model_uri)
+
+
+def predict_rows(model, rows: list[dict]) -> list[dict]:
+    """A pyfunc's answer for JSON rows, as one JSON object per row."""
+    import numpy as np
+    import pandas as pd
+
+    out = model.predict(pd.DataFrame(rows))
+    if isinstance(out, pd.DataFrame):
+        return json.loads(out.to_json(orient="records"))
+    if isinstance(out, pd.Series):
+        out = out.to_numpy()
+    return [{"prediction": v} for v in np.asarray(out).tolist()]
+
+
 @serve.deployment(max_ongoing_requests=16, graceful_shutdown_timeout_s=20, health_check_period_s=5)
 class ModelServer:
     """One registered model version, loaded from the MLflow registry."""
 
     def __init__(self, model_uri: str, tracking_uri: str, registry_uri: str):
-        import warnings
-
-        import mlflow
-        import mlflow.pyfunc
-
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(registry_uri)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.model = mlflow.pyfunc.load_model(model_uri)
+        self.model = load_pyfunc(model_uri, tracking_uri, registry_uri)
         self.uri = model_uri
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        import numpy as np
-        import pandas as pd
-
-        out = self.model.predict(pd.DataFrame(rows))
-        if isinstance(out, pd.DataFrame):
-            return json.loads(out.to_json(orient="records"))
-        if isinstance(out, pd.Series):
-            out = out.to_numpy()
-        return [{"prediction": v} for v in np.asarray(out).tolist()]
+        return predict_rows(self.model, rows)
 
 
 api = FastAPI(title="lakeloop serving", version="1",
@@ -91,6 +100,11 @@ class Ingress:
         self.rng = random.Random()
         self._metrics()
         self._poller = None
+        self._log_buffer: list[dict] = []
+        self._feedback_buffer: list[dict] = []
+        # in-process mode: this replica also holds each live version and answers without a second hop
+        self.in_process = bool(config["serve"].get("in_process"))
+        self.local_models: dict[tuple[str, int], object] = {}
 
     def _metrics(self):
         from ray.util import metrics
@@ -111,12 +125,31 @@ class Ingress:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self):
+        """Follow the controller's state and hand buffered log records to the writer."""
         while True:
             await asyncio.sleep(POLL_S)
+            self._ship_logs()
             try:
                 await self._refresh()
             except Exception:  # the controller restarting: keep serving the last state
                 continue
+
+    def _ship_logs(self) -> list:
+        """Send buffered records to the writer actor (one call per table); returns the calls' refs."""
+        from lakeloop.serving.logbook import FEEDBACK, INFERENCE
+
+        refs = []
+        for table, attr in ((INFERENCE, "_log_buffer"), (FEEDBACK, "_feedback_buffer")):
+            batch = getattr(self, attr)
+            if batch:
+                setattr(self, attr, [])
+                refs.append(self.logbook.log.remote(batch, table))
+        return refs
+
+    async def __del__(self):
+        """Graceful shutdown (Serve awaits this): the writer has every buffered record before we exit."""
+        for ref in self._ship_logs():
+            await ref
 
     async def _refresh(self):
         import ray
@@ -134,7 +167,21 @@ class Ingress:
                 handles[key] = self.handles.get(key) or serve.get_deployment_handle(
                     "ModelServer", app_name=app_name(name, int(v)))
                 info["schema_obj"] = InputSchema(info.get("schema") or {})
+        if self.in_process:
+            for key in handles:
+                if key not in self.local_models:
+                    uri = models[key[0]]["versions"][str(key[1])]["uri"]
+                    cfg = self.ll.config
+                    self.local_models[key] = await asyncio.to_thread(load_pyfunc, uri, cfg.tracking_uri,
+                                                                     cfg.registry_uri)
+            self.local_models = {k: m for k, m in self.local_models.items() if k in handles}
         self.models, self.handles, self.state_version = models, handles, snap["version"]
+
+    async def _call_version(self, key: tuple[str, int], rows: list[dict]) -> list[dict]:
+        local = self.local_models.get(key)
+        if local is not None:
+            return predict_rows(local, rows)
+        return await self.handles[key].remote(rows)
 
     # -- helpers -----------------------------------------------------------------
     def _model(self, name: str) -> dict:
@@ -184,7 +231,7 @@ class Ingress:
                             "output": None if out is None else json.dumps(out, default=str),
                             "prediction": None if out is None else str(out.get("prediction")),
                             "latency_ms": latency_ms, "error": error})
-        self.logbook.log.remote(records)
+        self._log_buffer.extend(records)  # shipped every POLL_S in one actor call, not one per request
 
     async def _shadow(self, request_id, name, version, rows, primary_future, primary_version):
         """Ask a shadow version too; log and compare its answer, never return it."""
@@ -192,7 +239,7 @@ class Ingress:
             "requests": 0, "agree": 0.0, "errors": 0, "latency_ms_sum": 0.0, "primary_version": primary_version})
         t0 = time.perf_counter()
         try:
-            out = await asyncio.wait_for(self.handles[(name, version)].remote(rows), SHADOW_TIMEOUT_S)
+            out = await asyncio.wait_for(self.handles[(name, version)].remote(rows), SHADOW_TIMEOUT_S)  # own replica
         except Exception as exc:  # a shadow's failure never reaches the caller
             error = f"{type(exc).__name__}: {exc}"[:500]
             stats["requests"] += 1
@@ -237,6 +284,7 @@ class Ingress:
                     stats["mean_latency_ms"] = round(stats["latency_ms_sum"] / ok, 3) if ok else None
                 versions[v] = {k: info[k] for k in ("uri", "run_id", "aliases", "deployed_at") if k in info}
                 versions[v]["shadow_stats"] = stats or None
+                versions[v]["in_process"] = (name, int(v)) in self.local_models
             policy = m["policy_obj"]
             out[name] = {"versions": versions,
                          "traffic": {str(k): w for k, w in policy.percent.items()} if policy else {},
@@ -272,7 +320,7 @@ class Ingress:
             return self._reject(name, exc)
         tags = {"model": name, "version": str(version), "route": "primary"}
         t0 = time.perf_counter()
-        primary = asyncio.ensure_future(self.handles[(name, version)].remote(rows))
+        primary = asyncio.ensure_future(self._call_version((name, version), rows))
         for shadow in policy.shadow:
             if (name, shadow) in self.handles:
                 asyncio.get_running_loop().create_task(
@@ -305,10 +353,9 @@ class Ingress:
         except ValueError as exc:
             return JSONResponse({"error": f"bad feedback: {exc}"}, status_code=400)
         now = datetime.now(timezone.utc)
-        from lakeloop.serving.logbook import FEEDBACK
-
-        self.logbook.log.remote([{"request_id": body["request_id"], "row": i, "label": json.dumps(lb), "time": now}
-                                 for i, lb in enumerate(labels)], FEEDBACK)
+        self._feedback_buffer.extend({"request_id": body["request_id"], "row": i, "label": json.dumps(lb),
+                                      "time": now} for i, lb in enumerate(labels))
+        await self._ensure_state()  # starts the loop that ships the buffer
         return {"request_id": body["request_id"], "labels": len(labels)}
 
     # -- admin -------------------------------------------------------------------

@@ -118,8 +118,8 @@ class Serving:
         from lakeloop.serving import logbook
 
         controller = self._controller(create=True)
+        serve.delete(INGRESS_APP)  # first: its replicas hand their buffered log records to the writer
         removed = ray.get(controller.undeploy_all.remote())
-        serve.delete(INGRESS_APP)
         flushed = logbook.stop_writer(self.ll)
         ray.kill(controller, no_restart=True)
         return {"apps_removed": removed, "log_flushed": flushed}

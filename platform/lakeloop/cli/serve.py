@@ -1,0 +1,137 @@
+"""``lakeloop serve ...``: run the endpoint, and change what it serves while it runs.
+
+``up`` runs Serve in this process's Ray until stopped. The other commands talk
+to a running endpoint over its admin API (the bearer token comes from
+``serve.admin_token`` or the lake's ``_serve/admin_token`` file).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from lakeloop.cli.output import console, print_json, print_table, run_until
+
+app = typer.Typer(help="Serving on Ray Serve: run the endpoint, deploy versions, split traffic.",
+                  no_args_is_help=True)
+JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of text.")
+
+
+def _admin(ctx: typer.Context, method: str, path: str, body=None):
+    from lakeloop.serving.service import admin_token, http_json
+
+    ll = ctx.obj.connect()
+    return http_json(method, ll.serving.url + path, body, token=admin_token(ll))
+
+
+def _parse_model(spec: str) -> tuple[str, str | None]:
+    """``fraud``, ``fraud@challenger`` or ``fraud:3``."""
+    for sep in ("@", ":"):
+        if sep in spec:
+            name, ref = spec.split(sep, 1)
+            return name, ref
+    return spec, None
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    model: List[str] = typer.Option([], "--model", "-m", help="Serve NAME (its champion), NAME@ALIAS or NAME:VERSION."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this long (default: Ctrl-C)."),
+    as_json: bool = JSON,
+):
+    """Start the endpoint on serve.host:serve.port and serve models until stopped."""
+    ll = ctx.obj.connect()
+    url = ll.serving.up()
+    deployed = [ll.serving.deploy(*_parse_model(spec)) for spec in model]
+    info = {"url": url, "docs": f"{url}/docs", "dashboard": ll.dashboard_url,
+            "deployed": [{"model": d["model"], "version": d["version"]} for d in deployed]}
+    if as_json:
+        print_json(info)
+    else:
+        console().print(f"serving at {url} (OpenAPI: {url}/docs; Ray dashboard: {info['dashboard']}); "
+                        f"Ctrl-C stops it")
+    try:
+        run_until(seconds)
+    finally:
+        ll.serving.down()
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: bool = JSON):
+    """Served models, versions, traffic and shadow comparisons."""
+    from lakeloop.serving.service import http_json
+
+    data = http_json("GET", ctx.obj.connect().serving.url + "/v1/models")
+    if as_json:
+        return print_json(data)
+    rows = []
+    for name, m in data["models"].items():
+        for v, info in m["versions"].items():
+            shadow = info.get("shadow_stats") or {}
+            rows.append({"model": name, "version": v, "traffic %": m["traffic"].get(v, 0.0),
+                         "shadow": int(v) in m["shadow"], "agreement": shadow.get("agreement_rate"),
+                         "shadow errors": shadow.get("errors"), "uri": info.get("uri")})
+    print_table("served models", rows)
+
+
+@app.command()
+def deploy(
+    ctx: typer.Context,
+    model: str,
+    version: Optional[str] = typer.Option(None, "--version", "-v", help="Version number or alias (default champion)."),
+    weight: Optional[float] = typer.Option(None, "--weight", help="Percent of traffic for it (others scale down)."),
+    shadow: bool = typer.Option(False, "--shadow", help="Deploy as a shadow: gets copies, never answers."),
+    as_json: bool = JSON,
+):
+    """Deploy a model version into its own deployment on the running endpoint."""
+    body = {"shadow": shadow}
+    if version is not None:
+        body["version" if version.isdigit() else "alias"] = int(version) if version.isdigit() else version
+    if weight is not None:
+        body["weight"] = weight
+    result = _admin(ctx, "POST", f"/v1/admin/models/{model}/deploy", body)
+    if as_json:
+        return print_json(result)
+    console().print(f"{model} v{result['version']} deployed; traffic {result['policy']['weights']}, "
+                    f"shadow {result['policy']['shadow']}")
+
+
+@app.command()
+def traffic(
+    ctx: typer.Context,
+    model: str,
+    weights: List[str] = typer.Argument(..., help="VERSION=WEIGHT pairs, e.g. 3=90 4=10."),
+    shadow: List[int] = typer.Option([], "--shadow", help="Version(s) that get a copy of each request."),
+    sticky: bool = typer.Option(True, "--sticky/--no-sticky", help="Same routing key, same version."),
+    as_json: bool = JSON,
+):
+    """Change the traffic split at runtime (no restart, no dropped requests)."""
+    from lakeloop.serving.policy import parse_weights
+
+    body = {"weights": {str(v): w for v, w in parse_weights(weights).items()}, "shadow": shadow, "sticky": sticky}
+    result = _admin(ctx, "PUT", f"/v1/admin/models/{model}/traffic", body)
+    if as_json:
+        return print_json(result)
+    console().print(f"{model}: traffic {result['traffic']} shadow {result['shadow']}")
+
+
+@app.command()
+def promote(ctx: typer.Context, model: str, version: Optional[int] = typer.Argument(None),
+            force: bool = typer.Option(False, "--force", help="Promote even if the gate did not pass it."),
+            as_json: bool = JSON):
+    """Make a version (default: the challenger) champion and give it all traffic."""
+    result = _admin(ctx, "POST", f"/v1/admin/models/{model}/promote", {"version": version, "force": force})
+    if as_json:
+        return print_json(result)
+    console().print(f"{model}: v{result['version']} is champion with all traffic")
+
+
+@app.command()
+def rollback(ctx: typer.Context, model: str, as_json: bool = JSON):
+    """Give the champion alias and all traffic back to the previous champion."""
+    result = _admin(ctx, "POST", f"/v1/admin/models/{model}/rollback", {})
+    if as_json:
+        return print_json(result)
+    console().print(f"{model}: rolled back to v{result['version']}")

@@ -1,0 +1,115 @@
+"""`lakeloop serve up` and `serve run serve_apps.inference:app` as separate processes, driven over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import lakeloop
+import serving_models
+from conftest import BIN, REPO, free_port, run_cli
+from lakeloop.serving.service import http_json
+
+pytestmark = pytest.mark.slow
+ROW = {"amount": 150.0, "country": "US"}
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
+        try:
+            http_json("GET", f"{url}/healthz", timeout=2)
+            return
+        except Exception:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} never became healthy")
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 90) -> int:
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=30)
+
+
+@pytest.fixture
+def registered(tmp_path):
+    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), serve_port=free_port())
+    versions = [serving_models.register(ll, "fraud", t) for t in (100.0, 200.0)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
+    env.update({"LAKELOOP_LAKE_ROOT": ll.config.lake.root, "LAKELOOP_SERVE_PORT": str(ll.config.serve.port),
+                "PYTHONPATH": str(Path(serving_models.__file__).parent)})
+    return ll, versions, env
+
+
+def test_serve_up_then_deploy_promote_rollback_from_the_cli(registered, tmp_path):
+    """Also the in-process mode: the ingress answers from its own copy of each live version."""
+    ll, (v1, v2), env = registered
+    env = {**env, "LAKELOOP_SERVE_IN_PROCESS": "true"}
+    proc = subprocess.Popen([str(BIN / "lakeloop"), "serve", "up", "--model", f"fraud:{v1}", "--seconds", "300"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_healthy(ll.serving.url, proc)
+        deadline = time.monotonic() + 120
+        while "fraud" not in http_json("GET", f"{ll.serving.url}/v1/models")["models"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        cli = {"env": env, "cwd": tmp_path}
+        out = json.loads(run_cli("serve", "deploy", "fraud", "--version", str(v2), "--weight", "50", "--json",
+                                 **cli).stdout)
+        assert out["policy"]["weights"] == {str(v1): 50.0, str(v2): 50.0}
+        answers = {ll.serving.predict("fraud", [ROW])["version"] for _ in range(30)}
+        assert answers == {v1, v2}
+        listing = http_json("GET", f"{ll.serving.url}/v1/models")["models"]["fraud"]["versions"]
+        assert all(info["in_process"] for info in listing.values())
+        run_cli("serve", "promote", "fraud", str(v1), "--force", **cli)
+        promoted = json.loads(run_cli("serve", "promote", "fraud", str(v2), "--force", "--json", **cli).stdout)
+        assert promoted["version"] == v2
+        assert {ll.serving.predict("fraud", [ROW])["version"] for _ in range(10)} == {v2}
+        back = json.loads(run_cli("serve", "rollback", "fraud", "--json", **cli).stdout)
+        assert back["version"] == v1
+        assert {ll.serving.predict("fraud", [ROW])["version"] for _ in range(10)} == {v1}
+        rid = ll.serving.predict("fraud", [ROW])["request_id"]
+    finally:
+        code = stop(proc)
+    assert code == 0
+    # graceful shutdown flushed the inference log: every answered request is in the lake
+    log = ll.lake.table("logs.inference").to_pandas()
+    assert rid in set(log["request_id"]) and len(log[log["route"] == "primary"]) >= 51
+    history = ll.lake.table("serving.traffic").to_pandas()
+    assert {"deploy", "promote", "rollback"} <= set(history["action"])
+
+
+def test_serve_run_import_path(registered, tmp_path):
+    ll, (v1, _), env = registered
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 8000)) == 0:
+            pytest.skip("port 8000 is taken; `serve run` has no port flag")
+    env = {**env, "RAY_AUTH_MODE": "token", "LAKELOOP_SERVE_PORT": "8000"}
+    proc = subprocess.Popen([str(BIN / "serve"), "run", "--address", "local", "--app-dir", str(REPO),
+                             "serve_apps.inference:app"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_healthy("http://127.0.0.1:8000", proc)
+        assert http_json("GET", "http://127.0.0.1:8000/v1/models")["models"] == {}
+        from lakeloop.serving.service import admin_token
+
+        token = admin_token(ll)
+        out = http_json("POST", "http://127.0.0.1:8000/v1/admin/models/fraud/deploy", {"version": v1}, token=token)
+        assert out["version"] == v1
+        answer = http_json("POST", "http://127.0.0.1:8000/v1/models/fraud/predict", {"rows": [ROW]})
+        assert answer["version"] == v1 and answer["predictions"][0]["prediction"] == 1
+    finally:
+        stop(proc, signal.SIGINT)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
