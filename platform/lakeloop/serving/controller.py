@@ -91,21 +91,27 @@ class ServingController:
                 for c in schema.inputs.inputs if c.name}
 
     def _feature_views(self, model: str, version: int, schema: dict) -> dict:
-        """Views whose features the model takes, with their join keys (for entity-id requests)."""
+        """Views whose features the model takes: join keys and model column -> view feature.
+
+        Found through the version's lineage (the training frame's views), so a
+        request may carry entity ids instead of those feature values.
+        """
         from lakeloop.features import online
 
         try:
-            lineage = self.ll.models.lineage(model, version)
-        except Exception:
+            record = self.ll.models.lineage(model, version).get("lineage") or {}
+        except Exception:  # not trained by lakeloop: no recorded frame
             return {}
-        views = ((lineage.get("frame") or {}).get("views") or {}) if isinstance(lineage, dict) else {}
+        frame = record.get("frame") or {}
+        full = bool(frame.get("full_feature_names"))
         out = {}
-        for view in views:
+        for view in frame.get("views") or {}:
             try:
                 keys, _, features, _ = online.view_shape(self.ll, view)
             except Exception:
                 continue
-            taken = [f for f in features if f in schema]
+            columns = {(f"{view}__{f}" if full else f): f for f in features}
+            taken = {col: f for col, f in columns.items() if col in schema}
             if taken:
                 out[view] = {"keys": keys, "features": taken}
         return out

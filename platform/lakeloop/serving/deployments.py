@@ -207,15 +207,15 @@ class Ingress:
 
         store = None
         for view, info in views.items():
-            keys, feats = info["keys"], info["features"]
-            need = [i for i, r in enumerate(rows) if all(k in r for k in keys) and any(f not in r for f in feats)]
+            keys, columns = info["keys"], info["features"]  # columns: model column -> view feature
+            need = [i for i, r in enumerate(rows) if all(k in r for k in keys) and any(c not in r for c in columns)]
             if not need:
                 continue
             if store is None:
                 store = ray.get_actor(online.actor_name(self.ll), namespace=self.namespace)
             found = await store.lookup.remote(view, [{k: rows[i][k] for k in keys} for i in need])
             for i, hit in zip(need, found):
-                rows[i] = {**{f: hit.get(f) for f in feats}, **rows[i]}
+                rows[i] = {**{c: hit.get(f) for c, f in columns.items()}, **rows[i]}
         model_inputs = set(next(iter(model["versions"].values()))["schema"] or {})
         if model_inputs:
             rows = [{k: v for k, v in r.items() if k in model_inputs} for r in rows]
@@ -310,9 +310,11 @@ class Ingress:
                 key = body.get("routing_key") or request.headers.get("x-routing-key")
                 version = policy.choose(None if key is None else str(key), self.rng)
             info = model["versions"][str(version)]
-            provided = frozenset(f for v in (model.get("feature_views") or {}).values() for f in v["features"])
+            views = (model.get("feature_views") or {}).values()
+            provided = frozenset(c for v in views for c in v["features"])
+            keys = frozenset(k for v in views for k in v["keys"])
             for i, row in enumerate(body["rows"]):
-                info["schema_obj"].check_row(i, row, provided)
+                info["schema_obj"].check_row(i, row, provided, keys)
             rows = await self._features(model, [dict(r) for r in body["rows"]])
             for i, row in enumerate(rows):
                 info["schema_obj"].check_row(i, row)

@@ -36,12 +36,14 @@ class InputSchema:
 
     columns: dict = field(default_factory=dict)
 
-    def check_row(self, i: int, row, provided_by_features: frozenset = frozenset()) -> None:
+    def check_row(self, i: int, row, provided_by_features: frozenset = frozenset(),
+                  entity_keys: frozenset = frozenset()) -> None:
+        """``provided_by_features`` may be absent (the online store fills them by ``entity_keys``)."""
         if not isinstance(row, dict):
             raise InputError(f"row {i} must be an object of field: value, got {type(row).__name__}")
         if not self.columns:
             return
-        extra = sorted(k for k in row if k not in self.columns)
+        extra = sorted(k for k in row if k not in self.columns and k not in entity_keys)
         if extra:
             raise InputError(f"row {i}: unexpected field(s) {extra}; the model takes {sorted(self.columns)}")
         for name, spec in self.columns.items():
