@@ -214,3 +214,21 @@ def test_lineage_rebuilds_the_same_frame_and_names_missing_pieces(store, ll):
         store.training_frame("raw.labels", ["user_rows:*"])
     with pytest.raises(DefinitionError, match="no feature"):
         store.training_frame("raw.labels", ["user_windows:nope"])
+
+
+def test_ray_data_engine_gives_the_same_frame(store, ll):
+    t0 = pd.Timestamp("2026-03-01", tz="UTC")
+    ll.lake.table("raw.events").append(events_frame(500, seed=21, start=t0, users=30))
+    store.materialize("user_windows")
+    store.materialize("pair_windows")
+    rng = np.random.default_rng(4)
+    entities = pd.DataFrame({"user_id": [f"u{i}" for i in rng.integers(0, 35, 3000)],
+                             "shop": rng.choice(["s1", "s2"], 3000),
+                             "event_timestamp": t0 + pd.to_timedelta(rng.integers(0, 8 * 3600, 3000), unit="s")})
+    refs = ["user_windows:*", "pair_windows:*"]
+    local = store.training_frame(entities, refs, known_time=False, engine="local").data
+    on_ray = store.training_frame(entities, refs, known_time=False, engine="ray").data
+    pd.testing.assert_frame_equal(local, on_ray)
+    ds = store.training_frame(entities, refs, known_time=False, format="ray")
+    assert ds.count() == 3000 and "pair_sum_1h" in ds.schema().names
+    assert local["amount_count_1h"].notna().mean() > 0.5

@@ -4,8 +4,9 @@ Feature rows are sorted by (entity, event time, known time). For every query
 row a binary search inside its entity's block finds the last row with
 ``event_time <= t``; with known-time on, it steps back past rows committed
 after ``t``; a row older than the ttl is no match. The search is a numba
-kernel run in parallel over query rows; entities are matched through one
-dictionary encoding of query and feature keys, so strings are hashed once.
+kernel run in parallel over query rows; entity keys become integer codes
+through one dictionary encoding of the feature keys, which query chunks reuse
+(:class:`FeatureIndex`), so a large frame can be split across Ray Data blocks.
 """
 
 from __future__ import annotations
@@ -64,25 +65,32 @@ def _asof():
     return _ASOF
 
 
-def _entity_codes(query: pa.Table, features: pa.Table, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes per row such that equal entity keys get equal codes in both tables."""
-    codes_q = np.zeros(query.num_rows, np.int64)
-    codes_f = np.zeros(features.num_rows, np.int64)
-    missing_q = np.zeros(query.num_rows, bool)
+def _feature_codes(features: pa.Table, keys: Sequence[str]) -> tuple[np.ndarray, list[pa.Array]]:
+    """Integer entity codes of the feature rows, and each key's dictionary (to code queries alike)."""
+    codes = np.zeros(features.num_rows, np.int64)
+    dictionaries = []
     for key in keys:
-        fcol = features.column(key)
-        qcol = query.column(key).cast(fcol.type) if query.column(key).type != fcol.type else query.column(key)
-        both = pa.chunked_array(fcol.chunks + qcol.chunks, type=fcol.type)
-        enc = pc.dictionary_encode(both).combine_chunks()
-        idx = enc.indices.to_numpy(zero_copy_only=False)
-        nulls = np.asarray(enc.is_null())
+        enc = pc.dictionary_encode(features.column(key)).combine_chunks()
         width = np.int64(len(enc.dictionary) + 1)
-        f_idx, q_idx = idx[: features.num_rows], idx[features.num_rows:]
-        missing_q |= nulls[features.num_rows:]
-        codes_f = codes_f * width + np.where(nulls[: features.num_rows], width - 1, f_idx)
-        codes_q = codes_q * width + np.where(nulls[features.num_rows:], width - 1, q_idx)
-    codes_q[missing_q] = -1
-    return codes_q, codes_f
+        idx = enc.indices.to_numpy(zero_copy_only=False)
+        codes = codes * width + np.where(np.asarray(enc.is_null()), width - 1, idx)
+        dictionaries.append(enc.dictionary)
+    return codes, dictionaries
+
+
+def _query_codes(query: pa.Table, keys: Sequence[str], dictionaries: list[pa.Array]) -> np.ndarray:
+    """Codes of the query rows in the features' coding; -1 for a key the features never saw."""
+    codes = np.zeros(query.num_rows, np.int64)
+    missing = np.zeros(query.num_rows, bool)
+    for key, dictionary in zip(keys, dictionaries):
+        col = query.column(key)
+        if col.type != dictionary.type:
+            col = col.cast(dictionary.type)
+        idx = pc.index_in(col, value_set=dictionary)
+        missing |= np.asarray(idx.is_null())
+        codes = codes * np.int64(len(dictionary) + 1) + idx.fill_null(0).to_numpy(zero_copy_only=False)
+    codes[missing] = -1
+    return codes
 
 
 def _as_int64_us(col) -> np.ndarray:
@@ -97,6 +105,57 @@ def sort_features(features: pa.Table, keys: Sequence[str], ts: str) -> pa.Table:
     rest = [c for c in features.column_names if c not in (*keys, ts, KNOWN_AT)]
     order = [(c, "ascending") for c in (*keys, ts, KNOWN_AT, *rest)]
     return features.take(pc.sort_indices(features, sort_keys=order))
+
+
+class FeatureIndex:
+    """Feature rows sorted for the join, with their entity blocks: build once, look up many chunks.
+
+    Plain arrays, so it goes into Ray's object store as it is.
+    """
+
+    def __init__(self, features: pa.Table, *, keys: Sequence[str], ts: str, columns: Sequence[str],
+                 presorted: bool = False):
+        self.keys, self.columns = list(keys), list(columns)
+        self.types = {c: features.schema.field(c).type for c in columns}
+        if features.num_rows == 0:
+            self.values = None
+            return
+        if not presorted:
+            features = sort_features(features, keys, ts)
+        codes, dictionaries = _feature_codes(features, keys)
+        f_ts, f_known = _as_int64_us(features.column(ts)), _as_int64_us(features.column(KNOWN_AT))
+        if presorted and not _is_sorted(codes, f_ts, f_known):
+            # incremental runs append files out of order: sort fully, so ties break as always
+            features = sort_features(features, keys, ts)
+            codes, dictionaries = _feature_codes(features, keys)
+            f_ts, f_known = _as_int64_us(features.column(ts)), _as_int64_us(features.column(KNOWN_AT))
+        if not _is_sorted(codes, f_ts, f_known):
+            # several keys make codes that do not follow the key order; a stable sort keeps ties' order
+            order = np.lexsort((f_known, f_ts, codes))
+            codes, f_ts, f_known = codes[order], f_ts[order], f_known[order]
+            features = features.take(pa.array(order))
+        self.dictionaries = dictionaries
+        self.f_ts, self.f_known = f_ts, f_known
+        # entity blocks: codes are sorted, so each code's rows are contiguous
+        self.uniq, starts = np.unique(codes, return_index=True)
+        self.starts = starts.astype(np.int64)
+        self.ends = np.append(starts[1:], len(codes)).astype(np.int64)
+        self.values = features.select(self.columns)
+
+    def lookup(self, query: pa.Table, *, query_ts: str, ttl_us: int | None = None,
+               known_time: bool = True) -> dict[str, pa.Array]:
+        """Feature ``columns`` for each query row (nulls where no row qualifies)."""
+        if self.values is None or query.num_rows == 0:
+            return {c: pa.nulls(query.num_rows, self.types[c]) for c in self.columns}
+        codes_q = _query_codes(query, self.keys, self.dictionaries)
+        # map query codes to block numbers (codes are sparse when there are several keys)
+        pos = np.minimum(np.searchsorted(self.uniq, codes_q), len(self.uniq) - 1)
+        block_q = np.where((codes_q >= 0) & (self.uniq[pos] == codes_q), pos, -1)
+        block_q[np.asarray(query.column(query_ts).is_null())] = -1
+        idx = _asof()(self.starts, self.ends, self.f_ts, self.f_known, block_q.astype(np.int64),
+                      _as_int64_us(query.column(query_ts)), known_time, np.int64(-1 if ttl_us is None else ttl_us))
+        take = pa.array(idx, mask=idx < 0)
+        return {c: self.values.column(c).take(take) for c in self.columns}
 
 
 def asof_join(
@@ -114,42 +173,11 @@ def asof_join(
     """Feature ``columns`` for each query row (nulls where no row qualifies).
 
     ``features`` must hold ``keys``, ``feature_ts``, ``_known_at`` and ``columns``;
-    ``presorted`` promises it is already sorted by :func:`sort_features`' order
-    (as materialization writes it); otherwise it is sorted here.
+    ``presorted`` says it is probably sorted by :func:`sort_features`' order (as
+    materialization writes it; checked); otherwise it is sorted here.
     """
-    if features.num_rows == 0 or query.num_rows == 0:
-        return {c: pa.nulls(query.num_rows, features.schema.field(c).type) for c in columns}
-    if not presorted:
-        features = sort_features(features, keys, feature_ts)
-    codes_q, codes_f, f_ts, f_known = _encode(query, features, keys, feature_ts)
-    if presorted and not _is_sorted(codes_f, f_ts, f_known):
-        # incremental runs append files out of order: sort fully, so ties break as always
-        features = sort_features(features, keys, feature_ts)
-        codes_q, codes_f, f_ts, f_known = _encode(query, features, keys, feature_ts)
-    if not _is_sorted(codes_f, f_ts, f_known):
-        # several keys make codes that do not follow the key order; a stable sort keeps ties' order
-        order = np.lexsort((f_known, f_ts, codes_f))
-        codes_f, f_ts, f_known = codes_f[order], f_ts[order], f_known[order]
-        features = features.take(pa.array(order))
-    # entity blocks: codes are sorted, so each code's rows are contiguous
-    uniq, starts = np.unique(codes_f, return_index=True)
-    ends = np.append(starts[1:], len(codes_f))
-    # map query codes to block numbers (codes are sparse when there are several keys)
-    pos = np.searchsorted(uniq, codes_q)
-    pos_clipped = np.minimum(pos, len(uniq) - 1)
-    block_q = np.where((codes_q >= 0) & (uniq[pos_clipped] == codes_q), pos_clipped, -1)
-    q_ts = _as_int64_us(query.column(query_ts))
-    q_null = np.asarray(query.column(query_ts).is_null())
-    block_q[q_null] = -1
-    idx = _asof()(starts.astype(np.int64), ends.astype(np.int64), f_ts, f_known, block_q.astype(np.int64),
-                  q_ts, known_time, np.int64(-1 if ttl_us is None else ttl_us))
-    take = pa.array(idx, mask=idx < 0)
-    return {c: features.column(c).take(take) for c in columns}
-
-
-def _encode(query: pa.Table, features: pa.Table, keys: Sequence[str], ts: str):
-    codes_q, codes_f = _entity_codes(query, features, keys)
-    return codes_q, codes_f, _as_int64_us(features.column(ts)), _as_int64_us(features.column(KNOWN_AT))
+    index = FeatureIndex(features, keys=keys, ts=feature_ts, columns=columns, presorted=presorted)
+    return index.lookup(query, query_ts=query_ts, ttl_us=ttl_us, known_time=known_time)
 
 
 def _is_sorted(codes: np.ndarray, ts: np.ndarray, known: np.ndarray) -> bool:

@@ -20,7 +20,7 @@ from lakeloop.features import materialize as mat
 from lakeloop.features.catalog import Catalog
 from lakeloop.features.definitions import FeatureView, load_definitions
 from lakeloop.features.frame import TrainingFrame
-from lakeloop.features.pit import KNOWN_AT, asof_join
+from lakeloop.features.pit import KNOWN_AT, FeatureIndex
 from lakeloop.lake.schema import TableSchema
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
 
 DEFAULT_TIMESTAMP = "event_timestamp"
+RAY_ENGINE_ROWS = 5_000_000  # entity rows from which training_frame joins on Ray Data by default
 
 
 class FeatureStore:
@@ -225,6 +226,7 @@ class FeatureStore:
         feature_versions: dict[str, int] | None = None,
         full_feature_names: bool = False,
         format: str = "frame",
+        engine: str = "auto",
     ):
         """Point-in-time-correct features for each (entity keys, timestamp) row.
 
@@ -234,7 +236,11 @@ class FeatureStore:
         time is at or before its timestamp and within the view's ttl; with
         ``known_time`` (default) also committed to the lake at or before it, so
         a backfill cannot leak into the past. Returns a :class:`TrainingFrame`
-        (``format="frame"``), or ``"pandas"``, ``"arrow"``, ``"ray"``.
+        (``format="frame"``), or ``"pandas"``, ``"arrow"``, ``"ray"`` (a Ray
+        Dataset, joined block by block and never gathered on the driver).
+        ``engine="ray"`` runs the join on Ray Data blocks (the default for
+        ``format="ray"`` and for frames of ``RAY_ENGINE_ROWS`` rows or more);
+        ``"local"`` runs it in this process (a parallel kernel).
         """
         import pandas as pd
 
@@ -256,9 +262,9 @@ class FeatureStore:
         query = pa.Table.from_pandas(entity_df, preserve_index=False)
 
         by_view = _parse_refs(features)
-        data = {c: query.column(c) for c in query.column_names}
+        plans = []  # per view: its feature index and which columns it adds under which names
         views_lineage = {}
-        all_features: list[str] = []
+        all_features: list[str] = list(query.column_names)
         entity_keys: list[str] = []
         for name, wanted in by_view.items():
             view = self.view(name)
@@ -276,17 +282,15 @@ class FeatureStore:
                                            f"lakeloop features materialize {name}")
             version = (feature_versions or {}).get(name, table.version())
             feats = table.to_arrow(version=version, columns=view.join_keys + [view.timestamp_field, KNOWN_AT] + cols)
-            ttl = view.ttl_delta
-            joined = asof_join(query, feats, keys=view.join_keys, query_ts=ts_col,
-                               feature_ts=view.timestamp_field, columns=cols,
-                               ttl_us=None if ttl is None else int(ttl.total_seconds() * 1_000_000),
-                               known_time=known_time, presorted=True)
-            for c in cols:
-                out = f"{name}__{c}" if full_feature_names else c
-                if out in data:
+            names = {c: f"{name}__{c}" if full_feature_names else c for c in cols}
+            for out in names.values():
+                if out in all_features:
                     raise SchemaError(f"feature column {out!r} collides with another column; use full_feature_names=True")
-                data[out] = joined[c]
                 all_features.append(out)
+            ttl = view.ttl_delta
+            plans.append({"index": FeatureIndex(feats, keys=view.join_keys, ts=view.timestamp_field, columns=cols,
+                                                presorted=True),
+                          "names": names, "ttl_us": None if ttl is None else int(ttl.total_seconds() * 1_000_000)})
             run = self.catalog.runs(name)
             run = run[run["table_version"] <= version] if len(run) else run
             row = self.catalog.version(name)
@@ -296,10 +300,21 @@ class FeatureStore:
                 "source_version": int(run.iloc[-1]["source_version"]) if len(run) else None,
                 "features": list(cols),
             }
-        arrow = pa.table(data)
+        all_features = all_features[query.num_columns:]
         lineage = {"entities": entity_lineage, "timestamp_column": ts_col, "views": views_lineage,
                    "known_time": known_time, "full_feature_names": full_feature_names,
                    "feature_refs": list(features)}
+        if engine == "auto":
+            engine = "ray" if format == "ray" or query.num_rows >= RAY_ENGINE_ROWS else "local"
+        if engine == "ray":
+            ds = self._join_on_ray(query, plans, ts_col, known_time)
+            if format == "ray":
+                return ds
+            arrow = pa.concat_tables(ray_blocks(ds)) if query.num_rows else _join(query, plans, ts_col, known_time)
+        elif engine == "local":
+            arrow = _join(query, plans, ts_col, known_time)
+        else:
+            raise ValueError(f"engine must be auto, local or ray, not {engine!r}")
         if format == "arrow":
             return arrow
         frame = TrainingFrame(arrow.to_pandas(), all_features, entity_keys, ts_col, lineage)
@@ -308,6 +323,20 @@ class FeatureStore:
         if format == "ray":
             return frame.to_ray()
         return frame
+
+    def _join_on_ray(self, query: pa.Table, plans: list[dict], ts_col: str, known_time: bool):
+        """The join on Ray Data: feature indexes go to the object store once; query blocks run as tasks."""
+        self.lake.ensure_ray()
+        import ray
+        import ray.data
+
+        shared = [{**p, "index": ray.put(p["index"])} for p in plans]
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        n_blocks = max(1, min(200, query.num_rows // 250_000 + 1))
+        ds = ray.data.from_arrow(query).repartition(n_blocks)
+        return ds.map_batches(_join, batch_format="pyarrow", batch_size=None, num_cpus=0.5,
+                              fn_kwargs={"plans": shared, "ts_col": ts_col, "known_time": known_time})
 
     def rebuild_frame(self, lineage: dict, entities: "pd.DataFrame | None" = None) -> TrainingFrame:
         """The same training frame again, from a lineage record (same Delta versions)."""
@@ -365,6 +394,25 @@ class FeatureStore:
                     results.append(result)
             time.sleep(interval_s)
         return results
+
+
+def _join(block: pa.Table, plans: list[dict], ts_col: str, known_time: bool) -> pa.Table:
+    """One block of entity rows with every view's feature columns appended."""
+    for plan in plans:
+        index = plan["index"]
+        if not isinstance(index, FeatureIndex):  # an object-store reference, on a Ray worker
+            import ray
+
+            index = ray.get(index)
+        got = index.lookup(block, query_ts=ts_col, ttl_us=plan["ttl_us"], known_time=known_time)
+        for col, out in plan["names"].items():
+            block = block.append_column(out, got[col])
+    return block
+
+
+def ray_blocks(ds) -> list[pa.Table]:
+    """A Ray Dataset's blocks as Arrow tables, in order."""
+    return [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
 
 
 def _parse_refs(features: Sequence[str]) -> dict[str, list[str]]:
