@@ -20,11 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="recompute instead of reading new versions only")
     parser.add_argument("--definitions", help="module:attr to apply first (e.g. after a definition change)")
     parser.add_argument("--config", help="lakeloop.yaml")
+    parser.add_argument("--lake", help="lake root (overrides the config's lake.root)")
     args = parser.parse_args(argv)
 
     import lakeloop
 
-    ll = lakeloop.connect(args.config)
+    ll = lakeloop.connect(args.config, **({"lake_root": args.lake} if args.lake else {}))
     if args.definitions:
         ll.features.apply(args.definitions)
     result = ll.features.materialize(args.view, full=args.full)

@@ -123,3 +123,25 @@ def test_automl_job_submitted_to_a_ray_head_registers_a_model_with_the_job_id(ll
     assert (tags["lakeloop.data.table"], tags["lakeloop.data.version"]) == ("raw.jobdata", "1")
     trials = ll.mlflow.search_runs([ll.experiment_id()], f"tags.mlflow.parentRunId = '{summary['run_id']}'")
     assert len(trials) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_materialize_job_submitted_to_a_ray_head(ll, ray_head):
+    from lakeloop.demo import scenario
+
+    address, env = ray_head
+    rows = scenario.generate(300, seed=8)
+    ll.lake.ingest(scenario.write_csv(rows, Path(ll.lake.root) / "tx.csv"), "raw.transactions",
+                   rules=scenario.RULES_FILE)
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--",
+         sys.executable, "jobs/materialize.py", "merchant_stats", "--lake", ll.config.lake.root,
+         "--definitions", "examples.fraud.features:definitions"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=360)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "succeeded" in output, output
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith('{"view"')))
+    assert result["mode"] == "full" and result["source_version"] == 1
+    assert ll.features.describe("merchant_stats")["last_materialized_source_version"] == 1
+    assert ll.lake.table("features.merchant_stats").to_pandas()["merchant_txn_1d"].min() >= 1
