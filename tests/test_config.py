@@ -125,3 +125,16 @@ def test_mlflow_store_is_a_sqlite_file_under_the_lake(ll, lake_root):
     assert again.mlflow.get_run(run.info.run_id).data.metrics["auc"] == 0.91
     assert again.experiment_id() == exp
     assert Path(lake_root / "mlartifacts").as_uri() in ll.mlflow.get_experiment(exp).artifact_location
+
+
+def test_s3_lake_root_is_wired_to_delta_up_to_the_connection():
+    """An s3:// root reaches delta-rs' object store with the storage options (a closed loopback endpoint)."""
+    cfg = load_config({"lake": {"root": "s3://bucket/lake", "storage_options": {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1", "max_retries": "0", "connect_timeout": "1s"}},
+        "mlflow": {"tracking_uri": "http://127.0.0.1:9"}}, environ={})
+    ll = lakeloop.connect(cfg)
+    with pytest.raises(ConnectError, match=r"s3://bucket/lake.*127\.0\.0\.1:9"):
+        ll.lake.table("raw.events").exists()
+    with pytest.raises(ConnectError, match="storage_options"):
+        ll.lake.create("raw.events", {"id": "string"})

@@ -6,7 +6,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from lakeloop.errors import TableExistsError, TableNameError
+from lakeloop.errors import ConnectError, TableExistsError, TableNameError
 from lakeloop.lake.schema import SPEC_KEY, TableSchema
 from lakeloop.lake.table import Table, WriteResult, as_arrow
 
@@ -16,6 +16,14 @@ if TYPE_CHECKING:
 
 _PART = r"[A-Za-z][A-Za-z0-9_]{0,127}"
 NAME_RE = re.compile(rf"^{_PART}\.{_PART}$")
+
+
+def _detail(exc: Exception) -> str:
+    """The innermost line of a delta-rs / object-store error chain, without colour codes."""
+    import re
+
+    lines = [re.sub(r"\x1b\[[0-9;]*m|↳", "", x).strip() for x in str(exc).splitlines()]
+    return next((x for x in reversed(lines) if x), type(exc).__name__)
 
 
 def check_table_name(name: str) -> tuple[str, str]:
@@ -48,6 +56,14 @@ class Lake:
     @property
     def is_local(self) -> bool:
         return "://" not in self.root
+
+    def unreachable(self, exc: Exception) -> ConnectError:
+        """The error for a lake store that cannot be reached (object store down, wrong endpoint)."""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        endpoint = next((v for k, v in self.storage_options.items() if k.upper().endswith("ENDPOINT_URL")), None)
+        where = f"{self.root} (endpoint {endpoint})" if endpoint else self.root
+        return ConnectError(f"cannot reach the lake store at {where}: {first} ({_detail(exc)}). "
+                            "Check lake.root and lake.storage_options (endpoint, region, credentials)")
 
     def ensure_ray(self):
         if self._ensure_ray is not None:

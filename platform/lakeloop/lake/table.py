@@ -91,7 +91,10 @@ class Table:
     def exists(self) -> bool:
         from deltalake import DeltaTable
 
-        return DeltaTable.is_deltatable(self.uri, storage_options=self.lake.storage_options)
+        try:
+            return DeltaTable.is_deltatable(self.uri, storage_options=self.lake.storage_options)
+        except OSError as exc:
+            raise self.lake.unreachable(exc) from exc
 
     def _delta(self, version: int | None = None) -> "DeltaTable":
         from deltalake import DeltaTable
@@ -100,6 +103,8 @@ class Table:
 
         try:
             return DeltaTable(self.uri, version=version, storage_options=self.lake.storage_options)
+        except OSError as exc:
+            raise self.lake.unreachable(exc) from exc
         except DeltaTableNotFound as exc:
             raise TableNotFoundError(
                 f"table {self.name} does not exist in the lake at {self.lake.root}; "
