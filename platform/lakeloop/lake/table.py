@@ -188,6 +188,8 @@ class Table:
         """The table (latest, at ``version``, or as of a time) as Arrow."""
         dt = self._delta(self._resolve(version, as_of))
         try:
+            if limit is not None and filters is None:  # stop reading once there are enough rows
+                return dt.to_pyarrow_dataset().head(limit, columns=columns)
             data = dt.to_pyarrow_table(columns=columns, filters=filters)
         except (OSError, pa.ArrowException) as exc:
             raise VersionNotFoundError(
