@@ -34,12 +34,13 @@ def _root(
 
 
 def _register() -> None:
-    from lakeloop.cli import demo, features, lake, models, serve
+    from lakeloop.cli import demo, features, lake, models, monitor, serve
 
     app.add_typer(lake.app, name="lake")
     app.add_typer(features.app, name="features")
     app.add_typer(models.app, name="models")
     app.add_typer(serve.app, name="serve")
+    app.add_typer(monitor.app, name="monitor")
     app.command("demo")(demo.demo)
 
 
