@@ -282,3 +282,13 @@ def test_per_version_metrics_reach_the_prometheus_endpoint(fraud):
     line = next(x for x in text.splitlines() if x.startswith("ray_lakeloop_predictions") and 'route="primary"' in x)
     assert 'model="fraud"' in line and 'version="1"' in line
     assert "ray_lakeloop_prediction_latency_ms_bucket" in text
+
+
+def test_versions_deploy_by_alias_and_unknown_aliases_are_404(fraud):
+    ll, (v1, v2, *_) = fraud
+    ll.models.promote("fraud", v2, force=True)
+    result = ll.serving.deploy("fraud", "champion")  # resolves the alias in the registry
+    assert result["version"] == v2
+    auth = {"Authorization": f"Bearer {admin_token(ll)}"}
+    status, answer = call(ll.config.serve.port, "POST", "/v1/admin/models/fraud/deploy", {"alias": "nope"}, auth)
+    assert status == 404 and "no version or alias 'nope'" in answer["error"]
