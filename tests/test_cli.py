@@ -64,6 +64,17 @@ def test_ingest_tables_history_read_restore_profile(tmp_path, csv_file):
     human = run_cli("--lake", lake, "lake", "profile", "raw.transactions", "--version", "2").stdout
     assert "profile of raw.transactions v2" in human
 
+    compacted = json.loads(run_cli("--lake", lake, "lake", "optimize", "raw.transactions", "--json").stdout)
+    assert compacted["version"] >= 3  # a new version only when there were files to compact
+    dry = json.loads(run_cli("--lake", lake, "lake", "vacuum", "raw.transactions", "--retention-hours", "0",
+                             "--dry-run", "--json").stdout)
+    assert dry["dry_run"] and dry["files"]
+    done = json.loads(run_cli("--lake", lake, "lake", "vacuum", "raw.transactions", "--retention-hours", "0",
+                              "--json").stdout)
+    assert sorted(done["files"]) == sorted(dry["files"])
+    after = json.loads(run_cli("--lake", lake, "lake", "read", "raw.transactions", "--limit", "500", "--json").stdout)
+    assert after["version"] >= compacted["version"] and len(after["rows"]) == 196  # vacuum logs its own commits
+
 
 def test_errors_print_a_message_and_exit_2(tmp_path, csv_file):
     lake = str(tmp_path / "lake")

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, free_port, run_cli
 from lakeloop.demo import scenario
 
 pytestmark = pytest.mark.slow
@@ -52,6 +52,10 @@ def test_apply_plan_list_describe_materialize(project):
     follow = json.loads(run_cli("features", "follow", "merchant_stats", "--interval", "0.2",
                                 "--max-seconds", "2", "--json", cwd=project).stdout)
     assert [r["mode"] for r in follow] == ["full"]
+
+    served = json.loads(run_cli("features", "serve", "--seconds", "1", "--json", cwd=project,
+                                env={"LAKELOOP_ONLINE_PORT": str(free_port())}).stdout)
+    assert served["views"] == ["customer_stats", "merchant_stats"] and served["url"].startswith("http://127.0.0.1:")
 
     err = run_cli("features", "materialize", "nope", cwd=project, check=False)
     assert err.returncode == 2 and "not in the catalog" in err.stderr
