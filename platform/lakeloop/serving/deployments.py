@@ -197,10 +197,11 @@ class Ingress:
                             "or the file _serve/admin_token in the lake)")
 
     async def _features(self, model: dict, rows: list[dict]) -> list[dict]:
-        """Fill feature values from the online store for rows that carry entity ids instead."""
-        views = model.get("feature_views") or {}
-        if not views:
-            return rows
+        """Fill feature values from the online store for rows that carry entity ids instead.
+
+        Rows it fills are new dicts; the caller's are not changed.
+        """
+        views = model["feature_views"]
         import ray
 
         from lakeloop.features import online
@@ -310,14 +311,16 @@ class Ingress:
                 key = body.get("routing_key") or request.headers.get("x-routing-key")
                 version = policy.choose(None if key is None else str(key), self.rng)
             info = model["versions"][str(version)]
-            views = (model.get("feature_views") or {}).values()
-            provided = frozenset(c for v in views for c in v["features"])
-            keys = frozenset(k for v in views for k in v["keys"])
+            views = model.get("feature_views") or {}
+            provided = frozenset(c for v in views.values() for c in v["features"])
+            keys = frozenset(k for v in views.values() for k in v["keys"])
             for i, row in enumerate(body["rows"]):
                 info["schema_obj"].check_row(i, row, provided, keys)
-            rows = await self._features(model, [dict(r) for r in body["rows"]])
-            for i, row in enumerate(rows):
-                info["schema_obj"].check_row(i, row)
+            rows = body["rows"]
+            if views:  # rows with entity ids get their feature values, then are checked as complete rows
+                rows = await self._features(model, list(rows))
+                for i, row in enumerate(rows):
+                    info["schema_obj"].check_row(i, row)
         except LakeloopError as exc:
             return self._reject(name, exc)
         tags = {"model": name, "version": str(version), "route": "primary"}
