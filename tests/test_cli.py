@@ -60,6 +60,13 @@ def test_ingest_tables_history_read_restore_profile(tmp_path, csv_file):
     assert prof["version"] == 3 and prof["rows"] == 196
     amount = next(c for c in prof["columns"] if c["name"] == "amount")
     assert amount["nulls"] == 0 and amount["min"] >= 0 and amount["histogram"].endswith("amount.png")
+    import lakeloop
+
+    client = lakeloop.connect(lake_root=lake).mlflow
+    run = client.get_run(prof["mlflow_run_id"])
+    assert run.data.metrics["rows"] == 196 and run.data.tags["lakeloop.table_version"] == "3"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "histograms")}
+    assert "histograms/amount.png" in logged
 
     human = run_cli("--lake", lake, "lake", "profile", "raw.transactions", "--version", "2").stdout
     assert "profile of raw.transactions v2" in human
@@ -106,5 +113,9 @@ def test_demo_runs_on_embedded_defaults(tmp_path):
     assert set(summary["quarantined_by_rule"]) == set(scenario.BAD_KINDS.values())
     tt = summary["time_travel"]
     assert tt["rows_at_first"] < tt["rows_at_latest"] == 784
+    import lakeloop
+
+    run = lakeloop.connect(lake_root=summary["lake"]).mlflow.get_run(summary["profile_mlflow_run"])
+    assert run.data.tags["lakeloop.table"] == "raw.transactions"
     human = run_cli("demo", "--rows", "100", "--days", "1", cwd=tmp_path).stdout
     assert "demo done" in human and "quarantined rows by rule" in human

@@ -33,6 +33,7 @@ def demo(
                 [{k: col[k] for k in ("name", "type", "count", "nulls", "distinct", "min", "max", "mean")}
                  for col in prof["columns"]])
     if prof["out_dir"]:
-        c.print(f"histograms: {prof['out_dir']}")
+        c.print(f"histograms: {prof['out_dir']} (and MLflow run {summary['profile_mlflow_run']} in "
+                f"{summary['mlflow_tracking_uri']})")
     c.print(f"[bold green]demo done[/] in {summary['seconds']} s: {summary['accepted']} rows accepted, "
             f"{summary['quarantined']} quarantined, lake at {summary['lake']}")

@@ -99,18 +99,23 @@ def profile(
     name: str,
     version: Optional[int] = typer.Option(None, "--version", "-v"),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for histogram PNGs."),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Also log stats and PNGs as an MLflow run."),
     as_json: bool = JSON,
 ):
-    """Per-column count, nulls, distinct, min/max/mean, top values; histograms as PNG."""
-    prof = ctx.obj.connect().lake.profile(name, version=version, out_dir=out)
+    """Per-column count, nulls, distinct, min/max/mean, top values; histograms as PNG (also in MLflow)."""
+    from lakeloop.lake.profile import log_to_mlflow
+
+    ll = ctx.obj.connect()
+    prof = ll.lake.profile(name, version=version, out_dir=out)
+    run_id = log_to_mlflow(ll, prof) if mlflow else None
     if as_json:
-        return print_json(prof.to_dict())
+        return print_json({**prof.to_dict(), "mlflow_run_id": run_id})
     rows = [{"column": c.name, "type": c.type, "count": c.count, "nulls": c.nulls, "distinct": c.distinct,
              "min": c.min, "max": c.max, "mean": c.mean,
              "top": ", ".join(f"{v} ({n})" for v, n in c.top[:3])} for c in prof.columns]
     print_table(f"profile of {name} v{prof.version}: {prof.rows} rows", rows)
     if prof.out_dir:
-        console().print(f"histograms in {prof.out_dir}")
+        console().print(f"histograms in {prof.out_dir}" + (f"; MLflow run {run_id}" if run_id else ""))
 
 
 @app.command()

@@ -60,8 +60,11 @@ def run(ll: "Lakeloop", *, rows_per_day: int = 5000, days: int = 2, seed: int = 
                    .str.split(", ").explode().value_counts().to_dict())
         step("quarantine reasons counted")
 
+        from lakeloop.lake.profile import log_to_mlflow
+
         prof = lake.profile(TABLE)
-        step("profiled")
+        profile_run = log_to_mlflow(ll, prof)
+        step("profiled (histograms logged to MLflow)")
 
     return {
         "lake": lake.root,
@@ -73,5 +76,7 @@ def run(ll: "Lakeloop", *, rows_per_day: int = 5000, days: int = 2, seed: int = 
         "time_travel": {"first_version": first, "rows_at_first": at_first,
                         "latest_version": latest, "rows_at_latest": at_latest},
         "profile": prof.to_dict(),
+        "profile_mlflow_run": profile_run,
+        "mlflow_tracking_uri": ll.config.tracking_uri,
         "seconds": round(time.perf_counter() - started, 2),
     }

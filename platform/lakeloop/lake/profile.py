@@ -105,3 +105,31 @@ def _histogram(values, column: str, table: str, version: int, out_dir: Path) -> 
     fig.savefig(path)
     plt.close(fig)
     return str(path)
+
+
+def log_to_mlflow(ll, profile: Profile) -> str:
+    """Record a profile as an MLflow run: row count, per-column stats (JSON) and the histogram PNGs.
+
+    Returns the run id. Runs go to the ``<experiment>-profiles`` experiment, tagged with
+    the table and version, so a table's profiles line up in the MLflow UI.
+    """
+    import json
+    import tempfile
+
+    client = ll.mlflow
+    experiment = ll.experiment_id(f"{ll.config.mlflow.experiment}-profiles")
+    run = client.create_run(experiment, run_name=f"{profile.table} v{profile.version}",
+                            tags={"lakeloop.table": profile.table, "lakeloop.table_version": str(profile.version)})
+    run_id = run.info.run_id
+    client.log_metric(run_id, "rows", profile.rows)
+    for col in profile.columns:
+        client.log_metric(run_id, f"nulls.{col.name}", col.nulls)
+        client.log_metric(run_id, f"distinct.{col.name}", col.distinct)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "profile.json")
+        path.write_text(json.dumps(profile.to_dict(), indent=2, default=str))
+        client.log_artifact(run_id, str(path))
+    if profile.out_dir and Path(profile.out_dir).is_dir():
+        client.log_artifacts(run_id, profile.out_dir, artifact_path="histograms")
+    client.set_terminated(run_id)
+    return run_id
