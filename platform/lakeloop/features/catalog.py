@@ -67,13 +67,18 @@ class Catalog:
         df = df[df["name"] == name]
         return None if df.empty else df.iloc[-1].to_dict()
 
-    def version(self, name: str, version: int | None = None) -> dict:
+    def applied(self, name: str) -> "pd.DataFrame":
+        """Every applied row of one view, oldest first; a clear error when there is none."""
         df = self.view_rows()
         rows = df[df["name"] == name] if len(df) else df
         if rows.empty:
             raise FeatureViewNotFoundError(
                 f"feature view {name!r} is not in the catalog; apply its definitions first "
                 "(lakeloop features apply module:attr)")
+        return rows
+
+    def version(self, name: str, version: int | None = None) -> dict:
+        rows = self.applied(name)
         if version is not None:
             rows = rows[rows["version"] == version]
             if rows.empty:

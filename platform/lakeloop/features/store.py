@@ -91,17 +91,19 @@ class FeatureStore:
 
     def describe(self, name: str) -> dict:
         """Owner, description, schema, source, versions, and freshness of one view."""
-        row = self.catalog.version(name)
+        applied = self.catalog.applied(name)  # each catalog table is read once here
+        row = applied.iloc[-1].to_dict()
         spec = json.loads(row["spec"])
         table = self.lake.table(f"features.{name}")
-        last = self.catalog.last_run(name)
         runs = self.catalog.runs(name)
+        done = runs[runs["mode"] != "noop"] if len(runs) else runs
+        last = None if done.empty else done.iloc[-1]
         info = {
             "name": name, "version": int(row["version"]), "definition_hash": row["definition_hash"],
             "description": row["description"], "owner": row["owner"], "tags": json.loads(row["tags"] or "{}"),
             "online": bool(row["online"]), "source": row["source"], "entities": spec["entities"],
             "timestamp_field": spec["timestamp_field"], "ttl": spec["ttl"], "features": spec["features"],
-            "versions": sorted(int(v) for v in self.catalog.view_rows().query("name == @name")["version"].unique()),
+            "versions": sorted(int(v) for v in applied["version"].unique()),
             "table": table.name, "schema": None, "last_materialized_source_version": None,
             "table_version": None, "newest_event_time": None, "last_run": None, "last_run_mode": None,
         }
