@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from lakeloop.errors import MonitorError
+from lakeloop.monitoring.settings import from_plain
 
 HIGHER_IS_BETTER = {"accuracy": True, "roc_auc": True, "rmse": False, "mae": False}
 
@@ -52,12 +53,7 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "Policy":
-        data = dict(data or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise MonitorError(f"unknown policy setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**data)
+        return from_plain(cls, data, "policy setting")
 
     @staticmethod
     def initial_state() -> dict:

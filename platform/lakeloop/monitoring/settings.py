@@ -13,6 +13,16 @@ from typing import Any, Mapping
 
 from lakeloop.errors import MonitorError
 
+
+def from_plain(cls, data: Mapping[str, Any] | None, what: str):
+    """A settings dataclass from plain data; an unknown key is an error naming it and the known ones."""
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise MonitorError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**data)
+
 BACKENDS = ("scipy", "alibi")
 CORRECTIONS = ("bonferroni", "fdr")
 METRICS = ("accuracy", "roc_auc", "rmse", "mae")
@@ -143,9 +153,4 @@ class MonitorSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "MonitorSettings":
         """From plain data; an unknown key is an error that names it and the known ones."""
-        data = dict(data or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise MonitorError(f"unknown monitor setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**data)
+        return from_plain(cls, data, "monitor setting")
