@@ -47,12 +47,12 @@ def ray_session():
     ray.shutdown()
 
 
-def run_cli(*args: str, cwd=None, env=None, check=True) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd=None, env=None, check=True, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the installed ``lakeloop`` console script, as a user would."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
     full_env.update(env or {})
     proc = subprocess.run([str(BIN / "lakeloop"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"lakeloop {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -119,3 +119,40 @@ def test_demo_runs_on_embedded_defaults(tmp_path):
     assert run.data.tags["lakeloop.table"] == "raw.transactions"
     human = run_cli("demo", "--rows", "100", "--days", "1", cwd=tmp_path).stdout
     assert "demo done" in human and "quarantined rows by rule" in human
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ui_serves_the_lakes_mlflow_runs_on_loopback_and_stops_with_its_server(tmp_path):
+    import signal
+    import socket
+    import urllib.request
+
+    from conftest import BIN, free_port
+
+    import lakeloop
+
+    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"))
+    ll.experiment_id()  # the lakeloop experiment exists in the lake's store
+    dry = json.loads(run_cli("--lake", str(tmp_path / "lake"), "ui", "--dry-run", "--json").stdout)
+    assert dry["url"] == "http://127.0.0.1:5000" and dry["tracking_uri"] == ll.config.tracking_uri
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "lakeloop"), "--lake", str(tmp_path / "lake"), "ui", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    names = [e["name"] for e in json.loads(r.read())["experiments"]]
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(1)
+        assert "lakeloop" in names
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    with pytest.raises(OSError):  # its server went with it
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -175,3 +175,9 @@ class EventError(LakeloopError):
     """An event for ``logs.events`` that is not valid (unknown kind, missing model)."""
 
     http_status = 400
+
+
+class RetrainError(LakeloopError):
+    """A retrain cannot run as asked (bad settings, no champion, nothing to train on)."""
+
+    http_status = 400

@@ -190,6 +190,26 @@ def default_points(families: tuple[str, ...], task: str) -> list[dict]:
     return [config_of(name, FAMILIES[name].defaults(task)) for name in families]
 
 
+def warm_points(warm_start, families: tuple[str, ...], task: str) -> list[dict]:
+    """Trial configs to try first: ``warm_start`` (``{"family": f, "params": {...}}`` each, e.g. the champion's
+    configuration) before each family's defaults. Parameters outside a family's search space (such as a
+    trained epoch count) are dropped; warm configs of families not searched are skipped."""
+    points = []
+    for item in warm_start or ():
+        if not isinstance(item, dict) or "family" not in item:
+            raise AutoMLError(f"a warm start is {{'family': name, 'params': {{...}}}}, not {item!r}")
+        family = item["family"]
+        if family not in families:
+            continue
+        defaults = FAMILIES[family].defaults(task)
+        params = {**defaults, **{k: v for k, v in dict(item.get("params") or {}).items() if k in defaults}}
+        points.append(config_of(family, params))
+    for point in default_points(families, task):
+        if point not in points:
+            points.append(point)
+    return points
+
+
 def config_of(family: str, params: dict) -> dict:
     return {"family": family, **{f"{family}.{k}": v for k, v in params.items()}}
 

@@ -163,7 +163,8 @@ class AutoML:
             holdout: float = 0.2, validation: float = 0.2, cv: int | None = None, max_epochs: int = 30,
             search: str = "tpe", max_concurrent: int | None = None, cpus_per_trial: float = 0.5,
             name: str | None = None, register: bool = True, gate: "Gate | bool" = True,
-            experiment: str | None = None, progress: bool | None = None) -> AutoMLResult:
+            experiment: str | None = None, progress: bool | None = None,
+            warm_start: list[dict] | None = None) -> AutoMLResult:
         """Search model families for ``target`` and register the best.
 
         ``data``: a :class:`~lakeloop.features.frame.TrainingFrame`; entity rows
@@ -176,6 +177,8 @@ class AutoML:
         when there is a timestamp) are never seen by the search; trials are
         scored on a ``validation`` split of the rest, or ``cv`` folds.
         ``search="random"`` samples at random instead of TPE (no warm start).
+        ``warm_start``: configurations tried first, ``[{"family": "hgb", "params":
+        {...}}]`` (a retrain passes the champion's), before each family's defaults.
         ``register`` logs the refit pipeline as a pyfunc under ``name``
         (default: the target), runs the promotion ``gate`` and makes it
         ``challenger`` if it passes; ``register=False`` keeps the refit model
@@ -219,11 +222,13 @@ class AutoML:
                         "train_rows": len(prepared.train), "holdout_rows": len(prepared.holdout),
                         "features": len(spec.features), "timestamp_column": spec.timestamp_column,
                         "dropped_columns": ",".join(dropped) or None,
-                        "unlabelled_rows_dropped": prepared.dropped_unlabelled}
+                        "unlabelled_rows_dropped": prepared.dropped_unlabelled,
+                        "warm_start": json.dumps(warm_start, default=str)[:500] if warm_start else None}
             self._log_start(client, run_id, settings, record, spec)
             tracker = self._search(ray, client, spec, m, fams, prepared, folds, experiment_id=experiment_id,
                                    run_id=run_id, budget_s=budget_s, max_trials=max_trials, search=search,
-                                   max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial, progress=progress)
+                                   max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial, progress=progress,
+                                   warm_start=warm_start)
             board = self._leaderboard(client, run_id, tracker, m, model_name or target)
             scored = board[board[f"val_{m.name}"].notna()]
             if scored.empty:
@@ -271,7 +276,7 @@ class AutoML:
         client.log_text(run_id, json.dumps(spec.to_dict(), indent=2, default=str), "lakeloop/search_spec.json")
 
     def _search(self, ray, client, spec, m, fams, prepared, folds, *, experiment_id, run_id, budget_s, max_trials,
-                search, max_concurrent, cpus_per_trial, progress):
+                search, max_concurrent, cpus_per_trial, progress, warm_start=None):
         import optuna
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
@@ -284,7 +289,7 @@ class AutoML:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if search == "tpe":
             sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(len(fams), 4))
-            points = model_families.default_points(fams, spec.task)
+            points = model_families.warm_points(warm_start, fams, spec.task)
         else:
             sampler, points = optuna.samplers.RandomSampler(seed=spec.seed), None
         searcher = OptunaSearch(space=model_families.space(fams, spec.task), metric=BEST, mode=m.mode,

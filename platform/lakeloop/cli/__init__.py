@@ -34,7 +34,7 @@ def _root(
 
 
 def _register() -> None:
-    from lakeloop.cli import demo, features, lake, models, monitor, serve
+    from lakeloop.cli import demo, features, lake, models, monitor, serve, ui
 
     app.add_typer(lake.app, name="lake")
     app.add_typer(features.app, name="features")
@@ -42,6 +42,7 @@ def _register() -> None:
     app.add_typer(serve.app, name="serve")
     app.add_typer(monitor.app, name="monitor")
     app.command("demo")(demo.demo)
+    app.command("ui")(ui.ui)
 
 
 _register()

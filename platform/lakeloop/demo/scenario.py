@@ -1,8 +1,10 @@
 """Generate the demo's card transactions, with bad rows mixed in, deterministically from a seed.
 
 Nothing is downloaded: the data is made here. Fraud is more likely for high
-amounts at night, at a few risky merchants, and abroad; ``drift`` shifts the
-amount distribution and the country mix (later parts of the demo use it).
+amounts at night, at a few risky merchants, and abroad. ``drift`` (0 to 1) shifts
+the amount distribution and the country mix (covariate drift) and makes
+foreign transactions far riskier than before (concept drift: a model trained
+before it misses that fraud).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ BAD_KINDS = {
 
 
 def generate(n: int, *, seed: int = 7, day: int = 0, first_id: int = 0, n_customers: int = 500,
-             n_merchants: int = 60, drift: float = 0.0, bad_fraction: float = 0.02) -> list[dict]:
-    """``n`` transactions on day ``day`` as text rows (as a CSV would hold them)."""
+             n_merchants: int = 60, drift: float = 0.0, bad_fraction: float = 0.02,
+             start: datetime = START) -> list[dict]:
+    """``n`` transactions on day ``day`` after ``start``, as text rows (as a CSV would hold them)."""
     rng = np.random.default_rng(seed + 1000 * day)
     customers = rng.integers(0, n_customers, n)
     merchants = rng.integers(0, n_merchants, n)
@@ -45,11 +48,11 @@ def generate(n: int, *, seed: int = 7, day: int = 0, first_id: int = 0, n_custom
     hour = seconds // 3600
     risky = merchants < 4
     logit = -5.0 + 0.9 * np.log1p(amount) / 2 + 1.5 * risky + 1.0 * ((hour < 5) | (hour > 22)) \
-        + 1.2 * np.isin(country, ["BR", "NG"])
+        + (1.2 + 3.5 * drift) * np.isin(country, ["BR", "NG"])
     fraud = rng.random(n) < 1 / (1 + np.exp(-logit))
     rows = []
     for i in range(n):
-        t = START + timedelta(days=day, seconds=int(seconds[i]))
+        t = start + timedelta(days=day, seconds=int(seconds[i]))
         rows.append({
             "txn_id": f"t{first_id + i:08d}",
             "customer_id": f"c{customers[i]:05d}",

@@ -24,6 +24,8 @@ from lakeloop.features.pit import KNOWN_AT, FeatureIndex
 from lakeloop.lake.schema import TableSchema
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import pandas as pd
 
     from lakeloop.client import Lakeloop
@@ -229,6 +231,7 @@ class FeatureStore:
         full_feature_names: bool = False,
         format: str = "frame",
         engine: str = "auto",
+        since: "datetime | str | None" = None,
     ):
         """Point-in-time-correct features for each (entity keys, timestamp) row.
 
@@ -242,7 +245,9 @@ class FeatureStore:
         Dataset, joined block by block and never gathered on the driver).
         ``engine="ray"`` runs the join on Ray Data blocks (the default for
         ``format="ray"`` and for frames of ``RAY_ENGINE_ROWS`` rows or more);
-        ``"local"`` runs it in this process (a parallel kernel).
+        ``"local"`` runs it in this process (a parallel kernel). ``since`` keeps
+        only entity rows at or after that time (a retrain on the newest data); it
+        is part of the lineage, so the frame can be rebuilt.
         """
         import pandas as pd
 
@@ -261,6 +266,11 @@ class FeatureStore:
             raise SchemaError(f"entity rows have no timestamp column {ts_col!r}; pass timestamp_column=")
         entity_df = entity_df.copy()
         entity_df[ts_col] = pd.to_datetime(entity_df[ts_col], utc=True)
+        if since is not None:
+            cutoff = pd.Timestamp(since)
+            cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+            entity_df = entity_df[entity_df[ts_col] >= cutoff].reset_index(drop=True)
+            entity_lineage["since"] = cutoff.isoformat()
         query = pa.Table.from_pandas(entity_df, preserve_index=False)
 
         by_view = _parse_refs(features)
@@ -354,7 +364,7 @@ class FeatureStore:
             timestamp_column=lineage["timestamp_column"], known_time=lineage.get("known_time", True),
             entities_version=src.get("version"),
             feature_versions={v: info["table_version"] for v, info in lineage["views"].items()},
-            full_feature_names=lineage.get("full_feature_names", False),
+            full_feature_names=lineage.get("full_feature_names", False), since=src.get("since"),
         )
         if not src.get("table") and frame.lineage["entities"]["hash"] != src.get("hash"):
             raise DefinitionError("the entity rows passed to rebuild_frame differ from the recorded ones")

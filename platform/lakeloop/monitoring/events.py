@@ -1,8 +1,10 @@
 """``logs.events``: what happened to a model, one row per event, appended by anyone.
 
-Monitors write ``drift_detected`` and ``alert``; the retrain loop writes
-``retrain_submitted``, ``retrain_failed``, ``gate_failed``, ``canary_started``,
-``promoted`` and ``rolled_back`` through the same :func:`record_event`.
+Monitors write ``drift_detected``, ``alert`` and ``retrain_submitted``; the
+retrain job (:mod:`lakeloop.retrain`) writes ``retrain_started``,
+``materialized``, ``challenger_registered``, ``gate_failed``,
+``canary_started``, ``canary_verdict``, ``promoted``, ``rolled_back`` and
+``retrain_failed`` through the same :func:`record_event`.
 
 >>> record_event(ll, "promoted", "fraud", version=4, reason="canary passed")   # doctest: +SKIP
 >>> read_events(ll, "fraud", kinds=["promoted"]).iloc[0]["version"]                  # doctest: +SKIP
@@ -31,8 +33,8 @@ EVENT_COLUMNS = {
     "event_id": {"type": "string", "required": True}, "time": "timestamp", "model": "string", "version": "int64",
     "kind": "string", "reason": "string", "details": "string", "source": "string",
 }
-KINDS = ("drift_detected", "alert", "retrain_submitted", "retrain_failed", "gate_failed", "canary_started",
-         "promoted", "rolled_back")
+KINDS = ("drift_detected", "alert", "retrain_submitted", "retrain_started", "materialized", "challenger_registered",
+         "retrain_failed", "gate_failed", "canary_started", "canary_verdict", "promoted", "rolled_back")
 # events after which a submitted retrain is no longer in flight
 RESOLVING = ("retrain_failed", "gate_failed", "promoted", "rolled_back")
 

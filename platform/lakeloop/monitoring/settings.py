@@ -14,13 +14,13 @@ from typing import Any, Mapping
 from lakeloop.errors import MonitorError
 
 
-def from_plain(cls, data: Mapping[str, Any] | None, what: str):
-    """A settings dataclass from plain data; an unknown key is an error naming it and the known ones."""
+def from_plain(cls, data: Mapping[str, Any] | None, what: str, error: type = MonitorError):
+    """A settings dataclass from plain data; an unknown key is an ``error`` naming it and the known ones."""
     data = dict(data or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise MonitorError(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise error(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     return cls(**data)
 
 BACKENDS = ("scipy", "alibi")

@@ -1,0 +1,58 @@
+"""``lakeloop ui``: the MLflow UI on this lake's tracking store and registry, on loopback."""
+
+from __future__ import annotations
+
+import typer
+
+from lakeloop.cli.output import console, print_json
+
+
+def ui_command(ll, host: str, port: int, workers: int) -> list[str]:
+    """The ``mlflow ui`` command line for this lake (runs and models, artifacts where the runs logged them)."""
+    import sys
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ll.config.tracking_uri,
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    if ll.config.registry_uri and ll.config.registry_uri != ll.config.tracking_uri:
+        cmd += ["--registry-store-uri", ll.config.registry_uri]
+    return cmd
+
+
+def ui(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(5000, "--port", "-p"),
+    workers: int = typer.Option(1, "--workers"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the URL and command instead of starting it."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print JSON."),
+):
+    """Start the MLflow UI on this lake's runs and models (Ctrl-C stops it)."""
+    import os
+    import signal
+    import subprocess
+
+    ll = ctx.obj.connect()
+    cmd = ui_command(ll, host, port, workers)
+    url = f"http://{host}:{port}"
+    if dry_run:
+        info = {"url": url, "command": cmd, "tracking_uri": ll.config.tracking_uri}
+        return print_json(info) if as_json else console().print(f"{url}\n{' '.join(cmd)}")
+    console().print(f"MLflow UI for {ll.config.tracking_uri} at {url} (Ctrl-C stops it)")
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def _stop(signum, frame):  # SIGTERM stops it as Ctrl-C does (and a background job ignores SIGINT)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:  # its server and workers: the whole process group it leads
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,111 @@
+"""What a retrain does, as plain data: which data, how long to search, how to prove the challenger.
+
+Everything left as ``None`` comes from the champion's record: the entity
+table, feature refs, timestamp column, target and known-time rule of the
+frame it was trained on (its lineage), and its model family and parameters
+(the search's warm start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from lakeloop.errors import RetrainError
+from lakeloop.monitoring.settings import from_plain
+
+MODES = ("canary", "shadow")
+ON_INCONCLUSIVE = ("rollback", "promote")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrainSpec:
+    """How one model is retrained, canaried and promoted or rolled back.
+
+    Data: ``entities`` (lake table of labelled entity rows), ``features``
+    (``view:feature`` refs), ``target``, ``timestamp_column``: default from the
+    champion's lineage. ``train_rows`` keeps only the newest rows (by
+    timestamp) of the entity table; ``materialize`` brings the views up to
+    date first (incremental).
+
+    Search: ``families`` (default: the champion's and ``linear``, ``hgb``),
+    ``budget_s``, ``max_trials``, ``seed``; the champion's configuration is
+    tried first. Gate: ``margin`` over the champion on the new holdout and a
+    p95 ``latency_budget_ms``.
+
+    Proof: ``mode`` ``canary`` (the challenger gets ``canary_percent`` of the
+    requests, sticky by routing key) or ``shadow`` (it answers a copy of every
+    request; paired test). Once ``min_labelled`` labelled rows per arm have
+    arrived (feedback), the two are compared at ``alpha``; a significantly
+    better challenger is promoted (champion alias, 100% traffic), a worse one
+    rolled back. ``on_inconclusive`` decides a tie, and what happens when
+    ``decision_timeout_s`` passes first. ``retire`` removes the loser's
+    deployment afterwards.
+    """
+
+    model: str
+    entities: str | None = None
+    features: tuple[str, ...] | None = None
+    target: str | None = None
+    timestamp_column: str | None = None
+    train_rows: int | None = None
+    materialize: bool = True
+    families: tuple[str, ...] | None = None
+    budget_s: float | None = 60.0
+    max_trials: int | None = None
+    seed: int = 0
+    margin: float = 0.0
+    latency_budget_ms: float = 250.0
+    mode: str = "canary"
+    canary_percent: float = 20.0
+    min_labelled: int = 200
+    alpha: float = 0.05
+    on_inconclusive: str = "rollback"
+    decision_timeout_s: float = 900.0
+    poll_s: float = 2.0
+    retire: bool = True
+
+    def __post_init__(self):
+        def bad(name: str, why: str):
+            raise RetrainError(f"retrain setting {name}={getattr(self, name)!r} is not valid: {why}")
+
+        if not isinstance(self.model, str) or not self.model:
+            bad("model", "the registered model's name")
+        if self.train_rows is not None and (not isinstance(self.train_rows, int) or self.train_rows < 50):
+            bad("train_rows", "at least 50 rows, or None for all of them")
+        if self.budget_s is not None and self.budget_s <= 0:
+            bad("budget_s", "must be positive (or None with max_trials)")
+        if self.max_trials is not None and self.max_trials < 1:
+            bad("max_trials", "at least 1")
+        if self.budget_s is None and self.max_trials is None:
+            bad("budget_s", "give a time budget or max_trials")
+        if self.mode not in MODES:
+            bad("mode", f"choose one of {', '.join(MODES)}")
+        if not 0 < self.canary_percent < 100:
+            bad("canary_percent", "a share of requests strictly between 0 and 100")
+        if not isinstance(self.min_labelled, int) or self.min_labelled < 10:
+            bad("min_labelled", "at least 10 labelled rows per version")
+        if not 0 < self.alpha < 0.5:
+            bad("alpha", "the significance level must be in (0, 0.5)")
+        if self.on_inconclusive not in ON_INCONCLUSIVE:
+            bad("on_inconclusive", f"choose one of {', '.join(ON_INCONCLUSIVE)}")
+        if self.decision_timeout_s <= 0 or self.poll_s <= 0:
+            bad("decision_timeout_s" if self.decision_timeout_s <= 0 else "poll_s", "must be positive")
+        if self.latency_budget_ms <= 0:
+            bad("latency_budget_ms", "must be positive")
+        for name in ("features", "families"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                bad(name, "a list of names, not one string")
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "RetrainSpec":
+        """From plain data; an unknown key is an error that names it and the known ones."""
+        return from_plain(cls, data, "retrain setting", RetrainError)

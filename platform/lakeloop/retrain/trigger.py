@@ -1,0 +1,139 @@
+"""From a monitor's policy to a Ray job: :class:`JobTrigger` submits ``jobs/retrain.py`` through the job server.
+
+>>> trigger = JobTrigger.for_lake(ll, {"model": "fraud", "budget_s": 30, "canary_percent": 25})  # doctest: +SKIP
+>>> monitoring.start(ll, "fraud", policy=Policy(consecutive=3), trigger=trigger)                  # doctest: +SKIP
+
+The monitor calls it (inside its actor) when the policy fires; what it returns
+(the submission id) is recorded in the ``retrain_submitted`` event. The
+submission id is derived from the model and the window, so a monitor that
+restarts and fires again for the same window cannot submit twice, and while a
+retrain job of the model is still pending or running no second one starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from lakeloop.errors import ConnectError, RetrainError
+from lakeloop.retrain.spec import RetrainSpec
+
+if TYPE_CHECKING:
+    from lakeloop.client import Lakeloop
+
+METADATA_MODEL = "lakeloop.retrain"
+METADATA_LAKE = "lakeloop.lake"
+
+
+def job_script() -> list[str]:
+    """``jobs/retrain.py`` of this checkout when there is one, else the same code as a module."""
+    import lakeloop
+
+    script = Path(lakeloop.__file__).resolve().parents[2] / "jobs" / "retrain.py"
+    return [str(script)] if script.is_file() else ["-m", "lakeloop.retrain.job"]
+
+
+def config_for_job(ll: "Lakeloop") -> dict:
+    """The connection's config as plain data for the job (the Ray address comes from the job's RAY_ADDRESS)."""
+    data = ll.config.to_dict()
+    data.pop("source", None)
+    data.get("ray", {})["address"] = None
+    data.get("serve", {})["admin_token"] = None  # the job reads it from the lake, never from its command line
+    return data
+
+
+def auth_headers() -> dict:
+    """The Ray token as a bearer header, when there is one (Ray 2.60 clusters want it on every job API call).
+
+    Ray reads ``RAY_AUTH_MODE`` once per process, so a client made before it was
+    set would go without; the header makes the call work either way.
+    """
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        token = path.read_text().strip() if path.is_file() else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def submission_id(lake_root: str, model: str, window: Any) -> str:
+    lake = hashlib.sha1(lake_root.encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", model)[:40]
+    return f"lakeloop-retrain-{slug}-{lake}-w{window}"
+
+
+@dataclass(frozen=True)
+class JobTrigger:
+    """Submit the retrain of a model as a Ray job (picklable: it travels into the monitor actor)."""
+
+    address: str
+    spec: dict
+    config: dict
+    python: str = sys.executable
+    entrypoint_num_cpus: float = 0.0
+    extra_env: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        RetrainSpec.from_dict(self.spec)  # a bad setting fails here, not later inside the job
+
+    @classmethod
+    def for_lake(cls, ll: "Lakeloop", spec: RetrainSpec | Mapping[str, Any], *, address: str | None = None,
+                 **kwargs) -> "JobTrigger":
+        """A trigger for this connection's lake; ``address`` is the Ray dashboard (default: the running Ray's)."""
+        spec = spec.to_dict() if isinstance(spec, RetrainSpec) else dict(spec)
+        if not address:
+            ll.ensure_ray()
+            address = ll.dashboard_url
+        if not address:
+            raise ConnectError("no Ray dashboard (job server) to submit the retrain to; start Ray with its dashboard "
+                               "or pass address='http://127.0.0.1:8265'")
+        return cls(address=address, spec=spec, config=config_for_job(ll), **kwargs)
+
+    def entrypoint(self, context: Mapping[str, Any]) -> str:
+        args = [self.python, *job_script(), "--spec-json", json.dumps(self.spec), "--config-json",
+                json.dumps(self.config, default=str), "--reason", str(context.get("reason") or "retrain requested"),
+                "--context-json", json.dumps(dict(context), default=str)]
+        return " ".join(shlex.quote(a) for a in args)
+
+    def running(self, client) -> list[str]:
+        """Submission ids of this model's retrain jobs (in this lake) that are pending or running."""
+        out = []
+        for job in client.list_jobs():
+            meta = job.metadata or {}
+            if meta.get(METADATA_MODEL) == self.spec["model"] and meta.get(METADATA_LAKE) == self.config["lake"]["root"] \
+                    and not job.status.is_terminal():
+                out.append(job.submission_id)
+        return out
+
+    def client(self):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address, headers=auth_headers())
+
+    def __call__(self, context: Mapping[str, Any]) -> dict:
+        model = self.spec["model"]
+        if context.get("model", model) != model:
+            raise RetrainError(f"this trigger retrains {model!r}, not {context.get('model')!r}")
+        client = self.client()
+        busy = self.running(client)
+        if busy:
+            return {"submission_id": busy[0], "already_running": True}
+        sid = submission_id(self.config["lake"]["root"], model, context.get("window", "manual"))
+        env = {"RAY_AIR_NEW_OUTPUT": "0", **self.extra_env}
+        if os.environ.get("RAY_AUTH_MODE"):
+            env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
+        try:
+            client.submit_job(entrypoint=self.entrypoint(context), submission_id=sid,
+                              runtime_env={"env_vars": env}, entrypoint_num_cpus=self.entrypoint_num_cpus,
+                              metadata={METADATA_MODEL: model, METADATA_LAKE: self.config["lake"]["root"]})
+        except RuntimeError as exc:
+            if "already exists" not in str(exc):
+                raise
+            return {"submission_id": sid, "already_submitted": True}
+        return {"submission_id": sid, "address": self.address}
