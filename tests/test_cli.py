@@ -106,21 +106,6 @@ def test_config_file_and_env_reach_the_cli(tmp_path, csv_file):
     assert (tmp_path / "from-env" / "raw" / "t" / "_delta_log").is_dir()
 
 
-def test_demo_runs_on_embedded_defaults(tmp_path):
-    summary = json.loads(run_cli("demo", "--rows", "400", "--json", cwd=tmp_path).stdout)
-    assert summary["lake"] == str(tmp_path / "lake")
-    assert summary["quarantined"] == 16 and summary["accepted"] == 784
-    assert set(summary["quarantined_by_rule"]) == set(scenario.BAD_KINDS.values())
-    tt = summary["time_travel"]
-    assert tt["rows_at_first"] < tt["rows_at_latest"] == 784
-    import lakeloop
-
-    run = lakeloop.connect(lake_root=summary["lake"]).mlflow.get_run(summary["profile_mlflow_run"])
-    assert run.data.tags["lakeloop.table"] == "raw.transactions"
-    human = run_cli("demo", "--rows", "100", "--days", "1", cwd=tmp_path).stdout
-    assert "demo done" in human and "quarantined rows by rule" in human
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_ui_serves_the_lakes_mlflow_runs_on_loopback_and_stops_with_its_server(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,7 +13,7 @@ import pandas as pd
 import pytest
 
 import lakeloop
-from conftest import free_port, run_cli
+from conftest import BIN, REPO, free_port, run_cli
 from lakeloop.automl.family import default_points, warm_points
 from lakeloop.errors import RetrainError
 from lakeloop.retrain import RetrainSpec, compare, two_proportion
@@ -150,6 +152,16 @@ def test_a_monitors_trigger_submits_one_retrain_job_that_records_why_it_failed(l
     assert "has no champion" in events["reason"].iloc[0] and events["source"].iloc[0] == f"retrain:{sid}"
     assert trigger(context) == {"submission_id": sid, "already_submitted": True}  # the same window never twice
 
+    # the README's command: the same job through `ray job submit`
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--", sys.executable,
+         "jobs/retrain.py", "--model", "nochamp", "--lake", ll.config.lake.root, "--spec-json",
+         '{"budget_s": 60, "mode": "shadow"}'],
+        cwd=REPO, env=_env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "model 'nochamp' has no champion to retrain against" in output, output
+    assert len(read_events(ll, "nochamp", kinds=["retrain_failed"])) == 2
+
 
 # -- in process: a shadow that is no better is rolled back ------------------------------------------------------
 @pytest.fixture
@@ -232,7 +244,7 @@ def test_a_shadow_challenger_that_is_not_better_is_rolled_back_and_traffic_never
 # -- the demo, end to end (the fast variant) ----------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_demo_closes_the_loop_drift_retrain_job_canary_promotion_with_no_failed_request(tmp_path):
+def test_demo_closes_the_loop_drift_retrain_job_canary_promotion_with_no_failed_request(tmp_path, capsys):
     proc = run_cli("demo", "--fast", "--json", cwd=tmp_path, env={"LAKELOOP_SERVE_PORT": str(free_port())},
                    timeout=540)
     summary = json.loads(proc.stdout)
@@ -243,6 +255,7 @@ def test_demo_closes_the_loop_drift_retrain_job_canary_promotion_with_no_failed_
     assert traffic["failed"] == 0 and traffic["rows"] >= 1000, traffic["errors"]
     assert summary["drift"]["detected_at"] and summary["drift"]["seconds_to_detect"] >= 0
     assert "customer_stats__log_amount" in summary["drift"]["drifted"]
+    assert summary["retrain"]["job_id"], summary["events"][-12:]
     assert summary["retrain"]["job_id"].startswith("lakeloop-retrain-fraud-")
     assert summary["retrain"]["status"] == "SUCCEEDED"
     assert summary["outcome"] == "promoted" and summary["promoted_version"] == 2, summary["events"]
@@ -259,4 +272,15 @@ def test_demo_closes_the_loop_drift_retrain_job_canary_promotion_with_no_failed_
     assert versions["raw.transactions"]["latest"] > versions["raw.transactions"]["after_history"]
     assert versions["features.customer_stats"]["latest"] > versions["features.customer_stats"]["after_history"]
     assert summary["shutdown"] == {"monitor": "stopped", "serving": "stopped", "online store": "stopped"}
-    assert summary["seconds"] < 300
+    assert summary["plot"].endswith("_demo/loop.png") and (tmp_path / "lake" / "_demo" / "loop.png").stat().st_size
+    run = lakeloop.connect(lake_root=summary["lake"]).mlflow.get_run(summary["demo_mlflow_run"])
+    assert run.data.metrics["failed_requests"] == 0 and run.data.metrics["canary_p_value"] < 0.05
+
+    # the same summary as people read it
+    from lakeloop.cli.demo import show
+
+    show(summary)
+    human = capsys.readouterr().out
+    for text in ("quarantined rows by rule", "data versions", "live traffic", "canary verdict", "promoted version",
+                 "requests served / failed", "Ray dashboard", "MLflow UI", "demo done"):
+        assert text in human

@@ -97,6 +97,7 @@ def show(summary: dict) -> None:
         ("Ray dashboard", summary["ray_dashboard"]),
         ("MLflow UI", summary["mlflow_ui"]),
         ("lake", summary["lake"]),
+        ("plot", f"{summary['plot']} (and MLflow run {summary['demo_mlflow_run']})"),
     ]
     print_table("the loop", [{"what": k, "value": v} for k, v in rows], ["what", "value"])
     style = "bold green" if summary["traffic"]["failed"] == 0 else "bold red"

@@ -57,7 +57,7 @@ class DemoSettings:
     rows_per_day: int = 3000
     seed: int = 7
     live_rows: int = 800  # live traffic before the drift
-    drift_rows: int = 12000  # at most this much drifted traffic (it stops once the loop has settled)
+    drift_rows: int = 5000  # drifted traffic is generated in parts of this many rows until the loop settles
     after_rows: int = 400  # traffic after the verdict, to measure the champion then
     batch: int = 10  # rows per request
     rate: float = 100.0  # rows per second sent
@@ -70,7 +70,7 @@ class DemoSettings:
     canary_percent: float = 30.0
     min_labelled: int = 300
     train_rows: int = 2500
-    loop_timeout_s: float = 300.0
+    loop_timeout_s: float = 300.0  # drifted traffic stops after this long even if the loop has not settled
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -119,10 +119,13 @@ def _prepare_lake(ll: "Lakeloop") -> Path:
     """The demo's working dir in the lake; a lake the demo made before is reset, any other lake is refused."""
     root = Path(ll.lake.root)
     marker = root / MARKER
+    kept = {"README.md"}  # the embedded lake's README stays
     if marker.exists():
         for child in root.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    elif root.exists() and any(p.name != "mlflow.db" or p.stat().st_size for p in root.iterdir()):
+            if child.name not in kept:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    elif root.exists() and any(p.name not in kept and (p.name != "mlflow.db" or p.stat().st_size)
+                               for p in root.iterdir()):
         raise LakeloopError(f"the lake at {root} already holds data that the demo did not make; run the demo "
                             "on its own lake: lakeloop --lake DIR demo (or remove that directory)")
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +157,7 @@ def run(ll: "Lakeloop", settings: DemoSettings | None = None, *, progress: bool 
             summary.update(loop.run())
         finally:
             summary["shutdown"] = loop.stop(keep=keep)
+    summary["plot"], summary["demo_mlflow_run"] = loop.record(summary)
     after = summary.get("promoted_version") or summary["models"]["before"]["version"]
     summary["models"]["after"] = _model_summary(ll, after)
     summary["data_versions"] = _data_versions(ll, summary)
@@ -271,6 +275,7 @@ class _Loop:
         self.phases: dict[str, dict] = {}
         self.pending: list[dict] = []  # labelled transactions not yet in the lake
         self.ingested = 0
+        self.trace: list[tuple[float, int, int, int]] = []  # (seconds, version, rows, correct) per request
         self.seen_events: set[str] = set()
         self.events: list[dict] = []
         self.t0 = None
@@ -300,14 +305,16 @@ class _Loop:
         known = ll.lake.table(TABLE).to_pandas(columns=["customer_id", "merchant_id"])
         self.known = {c: set(known[c]) for c in known.columns}
         self.t0 = datetime.now(timezone.utc)
+        self.t0_mono = time.monotonic()
 
     # -- traffic ------------------------------------------------------------------------------------------------
-    def _transactions(self, n: int, day: int, drift: float, first_id: int) -> "pd.DataFrame":
+    def _transactions(self, n: int, day: int, drift: float, first_id: int, seed_offset: int = 0) -> "pd.DataFrame":
         """A day of live transactions in random order (a window is a sample of the day, not its first hour),
         of customers and merchants the lake knows (an unknown one has no features: a 422)."""
         import pandas as pd
 
-        rows = pd.DataFrame(scenario.generate(n, seed=self.s.seed, day=day, first_id=first_id, drift=drift,
+        rows = pd.DataFrame(scenario.generate(n, seed=self.s.seed + 100 * seed_offset, day=day, first_id=first_id,
+                                              drift=drift,
                                               bad_fraction=0.0, start=self.clock.start))
         rows = rows[rows["customer_id"].isin(self.known["customer_id"]) & rows["merchant_id"].isin(self.known["merchant_id"])]
         return rows.sample(frac=1.0, random_state=self.s.seed + day).reset_index(drop=True)
@@ -350,6 +357,7 @@ class _Loop:
         stats["correct"] += correct
         stats["by_version"][version] += len(labels)
         stats["correct_by_version"][version] += correct
+        self.trace.append((time.monotonic(), version, len(labels), correct))
         self.requests += 1
         try:  # the label arrives (here at once); it joins the prediction by request id and row
             http_json("POST", f"{self.url}/v1/feedback", {"request_id": answer["request_id"], "labels": labels},
@@ -418,15 +426,22 @@ class _Loop:
         self._stream(live, "before drift")
         self.display.step("live traffic", self._status("before drift"))
 
-        drift_at = datetime.now(timezone.utc)
+        drift_at = self.drift_at = datetime.now(timezone.utc)
+        self.drift_at_s = time.monotonic() - self.t0_mono
         drift_rows_before = self.rows
+        part = 0
         drifted = self._transactions(s.drift_rows, self.clock.drift_day, 1.0, first_id=20_000_000)
         deadline = time.monotonic() + s.loop_timeout_s
         sent = 0
         phase = "drift"
-        while sent < len(drifted) and time.monotonic() < deadline and not self._settled():
+        while time.monotonic() < deadline and not self._settled():
             if self._first("canary_started"):
                 phase = "canary"
+            if sent >= len(drifted):  # more of the same drifted day, as long as the loop needs traffic
+                part += 1
+                drifted = self._transactions(s.drift_rows, self.clock.drift_day, 1.0, seed_offset=part,
+                                             first_id=20_000_000 + part * 1_000_000)
+                sent = 0
             chunk = drifted.iloc[sent:sent + 100]
             sent += self._stream(chunk, phase, until=self._settled)
         self._poll_events()
@@ -498,6 +513,72 @@ class _Loop:
         log = self.work / "retrain_job.log"
         log.write_text(client.get_job_logs(job_id))
         return {"status": str(status.value if hasattr(status, "value") else status), "log": str(log)}
+
+    # -- the picture ---------------------------------------------------------------------------------------
+    def plot(self, path: Path) -> Path | None:
+        """Live accuracy per version over the run (rolling, by rows served) with the loop's events marked."""
+        if not self.trace:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        t = np.array([r[0] - self.t0_mono for r in self.trace])
+        versions = np.array([r[1] for r in self.trace])
+        rows = np.array([r[2] for r in self.trace], dtype=float)
+        correct = np.array([r[3] for r in self.trace], dtype=float)
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        for v in sorted(set(versions)):
+            mask = versions == v
+            k = max(1, min(30, int(mask.sum()) // 4))  # rolling over k requests of this version
+            acc = np.convolve(correct[mask], np.ones(k), "valid") / np.convolve(rows[mask], np.ones(k), "valid")
+            ax.plot(t[mask][k - 1:], acc, label=f"v{v}", lw=1.8)
+        marks = {"drift_detected": "drift detected", "retrain_submitted": "retrain job submitted",
+                 "canary_started": "canary started", "promoted": "promoted", "rolled_back": "rolled back",
+                 "gate_failed": "gate failed"}
+        ax.axvline(self.drift_at_s, color="black", ls="--", lw=1)
+        ax.text(self.drift_at_s, 0.02, " drift injected", rotation=90, va="bottom", fontsize=8)
+        for kind, label in marks.items():
+            e = next((e for e in self.events if e["kind"] == kind
+                      and (kind != "drift_detected" or datetime.fromisoformat(e["time"]) >= self.drift_at)), None)
+            if e:
+                x = (datetime.fromisoformat(e["time"]) - self.t0).total_seconds()
+                ax.axvline(x, color="grey", ls=":", lw=1)
+                ax.text(x, 0.02, f" {label}", rotation=90, va="bottom", fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("seconds since serving started")
+        ax.set_ylabel("live accuracy (rolling, labelled feedback)")
+        ax.set_title(f"lakeloop demo: {MODEL}, drift -> retrain -> canary -> verdict")
+        ax.legend(loc="lower left")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def record(self, summary: dict) -> tuple[str | None, str | None]:
+        """The plot, and one MLflow run with the demo's numbers, its summary and the plot."""
+        path = self.plot(self.work / "loop.png")
+        client = self.ll.mlflow
+        run = client.create_run(self.ll.experiment_id(), run_name="demo-loop", tags={"lakeloop.kind": "demo"})
+        rid = run.info.run_id
+        metrics = {"requests": summary["traffic"]["requests"], "failed_requests": summary["traffic"]["failed"],
+                   "seconds_to_detect_drift": summary["drift"]["seconds_to_detect"],
+                   "canary_p_value": summary["canary"]["p_value"],
+                   "canary_champion_accuracy": summary["canary"]["champion_accuracy"],
+                   "canary_challenger_accuracy": summary["canary"]["challenger_accuracy"]}
+        for name, phase in summary["phases"].items():
+            metrics[f"live_accuracy_{name.replace(' ', '_')}"] = phase["accuracy"]
+        for k, v in metrics.items():
+            if v is not None:
+                client.log_metric(rid, k, float(v))
+        client.log_text(rid, json.dumps({k: v for k, v in summary.items() if k != "profile"}, indent=2, default=str),
+                        "demo_summary.json")
+        if path is not None:
+            client.log_artifact(rid, str(path))
+        client.set_terminated(rid, "FINISHED")
+        return (str(path) if path else None), rid
 
     def stop(self, keep: bool) -> dict:
         """Stop what the demo started (monitor, serving, online store, Ray) unless ``keep``."""
