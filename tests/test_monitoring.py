@@ -199,6 +199,31 @@ def test_windows_per_served_version_with_live_metric_mlflow_metrics_reports_and_
     assert "5 windows, 250 rows" in shown and "drift_detected" in shown
 
 
+def test_a_failed_submission_starts_no_cooldown_and_the_next_drifting_run_tries_again(ll, reference):
+    calls = []
+
+    def flaky(context):  # the job server is not ready the first time
+        calls.append(context["window"])
+        if len(calls) == 1:
+            raise RuntimeError("Request failed with status code 500: No available agent to submit job")
+        return {"submission_id": "raysubmit_ok"}
+
+    settings = MonitorSettings(window_rows=40, n_permutations=50, report="never")
+    monitor = in_process(ll, settings, policy=Policy(consecutive=2, cooldown_s=3600), trigger=flaky,
+                         reference=reference, reference_outputs=outputs(reference))
+    rng = np.random.default_rng(3)
+    log(ll, rows(160, rng, shift=0.8))
+    done = monitor.run_once()
+    assert [d["decision"]["trigger"] for d in done] == [False, True, False, True]  # no cooldown after a failure
+    assert calls == [1, 3]
+    alerts = monitoring.read_events(ll, MODEL, kinds=["alert"])
+    assert any("the retrain trigger failed: RuntimeError" in r for r in alerts["reason"])
+    sub = monitoring.read_events(ll, MODEL, kinds=["retrain_submitted"])
+    assert len(sub) == 1 and json.loads(sub.iloc[0]["details"])["result"] == {"submission_id": "raysubmit_ok"}
+    state = json.loads(monitoring.windows(ll, MODEL).iloc[-1]["policy"])["state"]
+    assert state["triggers"] == 1 and state["last_trigger"]["window"] == 3 and state["in_flight"]["window"] == 3
+
+
 @pytest.mark.slow
 def test_stationary_stream_keeps_false_alarms_at_alpha_then_drift_triggers_once_and_alerts(ll, reference,
                                                                                            webhook):
@@ -495,3 +520,23 @@ def test_monitor_cli_shows_events_and_names_unknown_models(ll):
     assert "promoted" in run_cli("monitor", "events", env=env).stdout
     bad = run_cli("monitor", "status", "nobody", env=env, check=False)
     assert bad.returncode == 2 and "nobody" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_monitor_cli_starts_a_monitor_with_its_retrain_trigger_and_stops_it_on_exit(ll):
+    from conftest import run_cli
+
+    env = {"LAKELOOP_LAKE_ROOT": ll.config.lake.root}
+    out = run_cli("monitor", "start", "clim", "--window-rows", "50", "--consecutive", "2", "--retrain-json",
+                  '{"canary_percent": 10, "budget_s": 30}', "--seconds", "1", "--json", env=env, timeout=180).stdout
+    info, _ = json.JSONDecoder().raw_decode(out[out.index("{\n"):])
+    assert info["window_rows"] == 50 and info["policy"]["consecutive"] == 2
+    assert info["retrain"]["address"].startswith("http://127.0.0.1:")
+    assert info["retrain"]["spec"] == {"canary_percent": 10, "budget_s": 30, "model": "clim"}
+    status = json.loads(run_cli("monitor", "status", "clim", "--json", env=env).stdout)
+    assert status["running"] is False and status["windows"] == 0      # stopped on exit; its run is recorded
+    bad = run_cli("monitor", "start", "clim", "--retrain-json", '{"canary_percent": 0}', env=env, check=False)
+    assert bad.returncode == 2 and "canary_percent" in bad.stderr
+    bad = run_cli("monitor", "start", "clim", "--detach", env=env, check=False)
+    assert bad.returncode == 2 and "--detach needs a Ray cluster" in bad.stderr

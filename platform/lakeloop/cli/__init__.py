@@ -56,10 +56,25 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="lakeloop")  # click's standalone mode handles usage errors
     except LakeloopError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        _exit_now(2)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """Leave at once after an error: stop Ray if it runs, flush, and skip interpreter teardown, where
+    native runtimes (delta-rs's tokio threads) have been seen to abort the process under load."""
+    import os
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,8 @@ import typer
 
 from lakeloop.cli.output import console, print_json, print_table
 
-app = typer.Typer(help="Drift monitoring: monitor status and the events log.", no_args_is_help=True)
+app = typer.Typer(help="Drift monitoring: start and stop monitors, their status and the events log.",
+                  no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
 
 
@@ -46,3 +47,73 @@ def events(ctx: typer.Context, model: Optional[str] = typer.Argument(None),
     if as_json:
         return print_json(rows)
     print_table("events", [{k: r.get(k) for k in ("time", "model", "version", "kind", "reason")} for r in rows])
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    model: str,
+    window_rows: int = typer.Option(200, "--window-rows", help="Rows of one served version per window."),
+    backend: str = typer.Option("scipy", "--backend", help="scipy, or alibi (alibi-detect: BSL 1.1, non-production)."),
+    consecutive: int = typer.Option(3, "--consecutive", help="Retrain after drift in this many windows in a row."),
+    metric_drop: Optional[float] = typer.Option(None, "--metric-drop", help="...or when the live metric drops this much."),
+    cooldown_s: float = typer.Option(3600.0, "--cooldown-s", help="Seconds between two retrains."),
+    retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Submit jobs/retrain.py when the policy fires."),
+    retrain_json: str = typer.Option("{}", "--retrain-json", help='Retrain settings, e.g. \'{"canary_percent": 20}\'.'),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this long (default: Ctrl-C)."),
+    detach: bool = typer.Option(False, "--detach", help="Leave the actor running (needs a Ray cluster: ray.address)."),
+    as_json: bool = JSON,
+):
+    """Start the model's drift monitor actor (and its retrain trigger); stop it on exit unless --detach."""
+    from lakeloop import monitoring
+    from lakeloop.cli.output import run_until
+    from lakeloop.errors import LakeloopError
+
+    ll = ctx.obj.connect()
+    if detach and not ll.config.ray.address:
+        raise LakeloopError("--detach needs a Ray cluster that outlives this command (ray.address, "
+                            "LAKELOOP_RAY_ADDRESS); a local Ray ends with it")
+    try:
+        spec = json.loads(retrain_json)
+    except ValueError as exc:
+        raise LakeloopError(f"--retrain-json is not valid JSON: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise LakeloopError("--retrain-json must be a JSON object of retrain settings")
+    if retrain:
+        from lakeloop.retrain import RetrainSpec
+
+        RetrainSpec.from_dict({**spec, "model": model})  # a bad setting fails before Ray starts
+    policy = monitoring.Policy(consecutive=consecutive, metric_drop=metric_drop, cooldown_s=cooldown_s)
+    trigger = None
+    if retrain:
+        from lakeloop.retrain import JobTrigger
+
+        trigger = JobTrigger.for_lake(ll, {**spec, "model": model})
+    monitoring.start(ll, model, window_rows=window_rows, backend=backend, policy=policy, trigger=trigger)
+    info = {"model": model, "monitor": monitoring.monitor_name(ll.config.lake.root, model),
+            "window_rows": window_rows, "backend": backend, "policy": policy.to_dict(),
+            "retrain": None if trigger is None else {"address": trigger.address, "spec": trigger.spec},
+            "dashboard": ll.dashboard_url}
+    if as_json:
+        print_json(info)
+    else:
+        console().print(f"monitoring {model} (windows of {window_rows} rows, {backend}); "
+                        + (f"retrain jobs go to {trigger.address}" if trigger else "no retrain trigger")
+                        + ("" if detach else "; Ctrl-C stops it"))
+    if detach:
+        return
+    try:
+        run_until(seconds)
+    finally:
+        monitoring.stop(ll, model)
+
+
+@app.command()
+def stop(ctx: typer.Context, model: str, as_json: bool = JSON):
+    """Stop the model's monitor actor (its windows, cursor and events stay in the lake)."""
+    from lakeloop import monitoring
+
+    live = monitoring.stop(ctx.obj.connect(), model)
+    if as_json:
+        return print_json({"model": model, "stopped": True, "last": live})
+    console().print(f"stopped the monitor of {model}")

@@ -396,11 +396,12 @@ class Monitor:
         self.version_windows[version] = self.version_windows.get(version, 0) + 1
         self.rows_counted += len(rows)
         self.windows_this_run += 1
+        previous_trigger = (self.policy_state or {}).get("last_trigger")
         self.policy_state = state
         self._report(window, version, detector, feats, result, prediction, metric, value, labelled, skew)
         self._emit(planned)
         if decision["trigger"] and self.trigger is not None:
-            self._fire(window, version, decision)
+            self._fire(window, version, decision, previous_trigger)
         return {"window": window, "version": version, "rows": len(rows), "drift": record["drift"],
                 "prediction_drift": record["prediction_drift"], "metric": metric, "value": value,
                 "decision": decision}
@@ -478,13 +479,17 @@ class Monitor:
         if self.last_webhook["error"]:
             self.errors.append(f"webhook {self.settings.webhook_url}: {self.last_webhook['error']}")
 
-    def _fire(self, window: int, version: int, decision: dict) -> None:
+    def _fire(self, window: int, version: int, decision: dict, previous_trigger: dict | None = None) -> None:
         context = {"model": self.model, "version": version, "window": window, "reason": decision["reason"],
                    "lake_root": self.ll.config.lake.root, "monitor": self.name, "run_id": self.run_id}
         try:
             returned = self.trigger(context)
         except Exception as exc:
-            self.policy_state["in_flight"] = None  # nothing is in flight after a failed submission
+            # nothing is in flight after a failed submission, and no cooldown starts: the next run of
+            # drifting windows tries again (the next window's checkpoint records this state)
+            self.policy_state["in_flight"] = None
+            self.policy_state["last_trigger"] = previous_trigger
+            self.policy_state["triggers"] = max(0, self.policy_state.get("triggers", 1) - 1)
             self._emit([ev.make_event("alert", self.model, version=version, source=self.name,
                                       event_id=f"{self.model}:{window}:alert:trigger_failed",
                                       reason=f"the retrain trigger failed: {type(exc).__name__}: {exc}",

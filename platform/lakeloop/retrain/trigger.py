@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -78,6 +79,7 @@ class JobTrigger:
     python: str = sys.executable
     entrypoint_num_cpus: float = 0.0
     extra_env: dict = field(default_factory=dict)
+    submit_timeout_s: float = 60.0
 
     def __post_init__(self):
         RetrainSpec.from_dict(self.spec)  # a bad setting fails here, not later inside the job
@@ -86,7 +88,11 @@ class JobTrigger:
     def for_lake(cls, ll: "Lakeloop", spec: RetrainSpec | Mapping[str, Any], *, address: str | None = None,
                  **kwargs) -> "JobTrigger":
         """A trigger for this connection's lake; ``address`` is the Ray dashboard (default: the running Ray's)."""
-        spec = spec.to_dict() if isinstance(spec, RetrainSpec) else dict(spec)
+        if not isinstance(spec, RetrainSpec):
+            RetrainSpec.from_dict(spec)  # a bad setting fails here, before Ray starts
+            spec = dict(spec)
+        else:
+            spec = spec.to_dict()
         if not address:
             ll.ensure_ray()
             address = ll.dashboard_url
@@ -128,12 +134,18 @@ class JobTrigger:
         env = {"RAY_AIR_NEW_OUTPUT": "0", **self.extra_env}
         if os.environ.get("RAY_AUTH_MODE"):
             env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
-        try:
-            client.submit_job(entrypoint=self.entrypoint(context), submission_id=sid,
-                              runtime_env={"env_vars": env}, entrypoint_num_cpus=self.entrypoint_num_cpus,
-                              metadata={METADATA_MODEL: model, METADATA_LAKE: self.config["lake"]["root"]})
-        except RuntimeError as exc:
-            if "already exists" not in str(exc):
-                raise
-            return {"submission_id": sid, "already_submitted": True}
-        return {"submission_id": sid, "address": self.address}
+        deadline = time.monotonic() + self.submit_timeout_s
+        while True:
+            try:
+                client.submit_job(entrypoint=self.entrypoint(context), submission_id=sid,
+                                  runtime_env={"env_vars": env}, entrypoint_num_cpus=self.entrypoint_num_cpus,
+                                  metadata={METADATA_MODEL: model, METADATA_LAKE: self.config["lake"]["root"]})
+            except RuntimeError as exc:
+                if "already exists" in str(exc):
+                    return {"submission_id": sid, "already_submitted": True}
+                # a job server that has just started may have no agent yet ("try again later")
+                if "try again" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+                continue
+            return {"submission_id": sid, "address": self.address}
