@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -58,6 +59,59 @@ def ray_init_kwargs(config: Config) -> dict:
     return kwargs
 
 
+AGENT_PORT = 52365  # Ray's fixed default for the dashboard agent, which runs the job server's jobs
+
+
+def _port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@contextmanager
+def _free_agent_port(local: bool):
+    """While a local Ray starts: a free dashboard-agent port if another Ray on this machine holds 52365.
+
+    ``ray.init()`` takes no argument for that port, and a second local Ray whose agent cannot bind it
+    has no job agent ("No available agent to submit job"), so retrain jobs could never be submitted.
+    This swaps the default of ``RayParams`` (a private Ray API) for the duration of ``ray.init``; if
+    that API changes shape, nothing is swapped.
+    """
+    import inspect
+
+    if not local or not _port_taken(AGENT_PORT):
+        yield
+        return
+    try:
+        from ray._private.parameter import RayParams
+
+        init = RayParams.__init__
+        names = [p.name for p in inspect.signature(init).parameters.values()
+                 if p.default is not inspect.Parameter.empty]
+        index = names.index("dashboard_agent_listen_port")
+        saved = init.__defaults__
+        if len(saved) != len(names) or saved[index] != AGENT_PORT:
+            raise ValueError("RayParams changed")
+    except (ImportError, ValueError, TypeError, AttributeError):
+        yield
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    init.__defaults__ = saved[:index] + (port,) + saved[index + 1:]
+    try:
+        yield
+    finally:
+        init.__defaults__ = saved
+
+
 class Lakeloop:
     """Entry point to the lake, and (as later parts land) features, models and serving.
 
@@ -101,7 +155,8 @@ class Lakeloop:
             return ray
         kwargs = ray_init_kwargs(self.config)
         try:
-            ray.init(**kwargs)
+            with _free_agent_port(kwargs.get("address") == "local"):
+                ray.init(**kwargs)
         except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
             raise ConnectError(
                 f"cannot connect to Ray at {kwargs.get('address')!r}: {exc}. Check ray.address "

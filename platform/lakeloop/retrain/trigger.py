@@ -144,8 +144,13 @@ class JobTrigger:
                 if "already exists" in str(exc):
                     return {"submission_id": sid, "already_submitted": True}
                 # a job server that has just started may have no agent yet ("try again later")
-                if "try again" not in str(exc) or time.monotonic() >= deadline:
+                if "try again" not in str(exc):
                     raise
+                if time.monotonic() >= deadline:
+                    raise RetrainError(
+                        f"the Ray job server at {self.address} could not take the retrain job within "
+                        f"{self.submit_timeout_s:g} s ({exc}); its dashboard agent may not have started, e.g. "
+                        "because another Ray on this machine holds the agent port 52365") from exc
                 time.sleep(1.0)
                 continue
             return {"submission_id": sid, "address": self.address}
