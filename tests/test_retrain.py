@@ -125,6 +125,8 @@ def test_submission_ids_are_per_lake_model_and_window():
     a = submission_id("/lake/a", "fraud model", 7)
     assert a == submission_id("/lake/a", "fraud model", 7) and a.startswith("lakeloop-retrain-fraud-model-")
     assert a != submission_id("/lake/b", "fraud model", 7) and a != submission_id("/lake/a", "fraud model", 8)
+    # a new monitor (a reset lake, a new MLflow run) on the same long-lived cluster gets new ids
+    assert submission_id("/lake/a", "fraud model", 7, "0123456789ab").endswith("-01234567-w7")
 
 
 # -- a real job server ---------------------------------------------------------------------------------------

@@ -70,8 +70,9 @@ def show(summary: dict) -> None:
     print_table("data versions", [{"table": t, **v} for t, v in summary["data_versions"].items()],
                 ["table", "after_history", "latest"])
     before, after = summary["models"]["before"], summary["models"]["after"]
-    print_table("models", [{"": "before", **before}, {"": "after", **after}],
-                ["", "version", "family", "metric", "score", "aliases", "run_id"])
+    print_table("models (holdout score: the version's own newest rows; previous champion: on the same rows)",
+                [{"": "before", **before}, {"": "after", **after}],
+                ["", "version", "family", "metric", "score", "previous_champion_score", "aliases"])
     print_table("live traffic (accuracy on labelled feedback)",
                 [{"phase": name, "rows": p["rows"], "accuracy": p["accuracy"],
                   "by version": ", ".join(f"{v}: {d['rows']} rows, acc {d['accuracy']}" for v, d in
@@ -81,11 +82,13 @@ def show(summary: dict) -> None:
     rows = [
         ("drift injected", f"{drift['injected_at']} after {drift['rows_served_before_injection']} rows; "
                            f"{drift['false_alarms_before_injection']} of {drift['windows_before_injection']} windows "
-                           "before it were flagged (false alarms; one alone never retrains)"),
+                           f"before it were flagged (false alarms; a retrain needs {summary['settings']['consecutive']} "
+                           "in a row)"),
         ("drift detected", f"{drift['detected_at']} ({drift['seconds_to_detect']} s later; "
                            f"{', '.join(drift['drifted'] or [])})" if drift["detected_at"] else "no"),
         ("retrain job", f"{retrain['job_id']} ({retrain['status']})" if retrain["job_id"] else "none"),
-        ("canary verdict", f"{canary['verdict']} -> {canary['decision']}: {canary['test']} p={_num(canary['p_value'])}; "
+        ("canary verdict", f"{canary['verdict']} -> {canary['decision']}: {canary['test']} "
+                           f"p={_num(canary['p_value'])}; "
                            f"challenger accuracy {_num(canary['challenger_accuracy'])} over {canary['n_challenger']}, "
                            f"champion {_num(canary['champion_accuracy'])} over {canary['n_champion']}"
          if canary["verdict"] else "none"),

@@ -92,8 +92,8 @@ class _Display:
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                     TimeElapsedColumn(), transient=False)
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False)
             self.task = self.progress.add_task("lakeloop demo", total=steps, info="")
 
     def __enter__(self):
@@ -246,8 +246,10 @@ def _model_summary(ll: "Lakeloop", version: int) -> dict:
     spec = ll.models.spec(MODEL, version)
     tags = mv.tags or {}
     score = tags.get("lakeloop.gate.score")
+    before = tags.get("lakeloop.gate.champion_score")  # the champion of the day on this version's holdout
     return {"version": int(version), "family": spec.family, "metric": tags.get("lakeloop.gate.metric", spec.metric),
-            "score": float(score) if score else None, "run_id": mv.run_id,
+            "score": float(score) if score else None,
+            "previous_champion_score": float(before) if before else None, "run_id": mv.run_id,
             "aliases": list(getattr(mv, "aliases", []) or [])}
 
 
@@ -316,7 +318,8 @@ class _Loop:
         rows = pd.DataFrame(scenario.generate(n, seed=self.s.seed + 100 * seed_offset, day=day, first_id=first_id,
                                               drift=drift,
                                               bad_fraction=0.0, start=self.clock.start))
-        rows = rows[rows["customer_id"].isin(self.known["customer_id"]) & rows["merchant_id"].isin(self.known["merchant_id"])]
+        rows = rows[rows["customer_id"].isin(self.known["customer_id"])
+                    & rows["merchant_id"].isin(self.known["merchant_id"])]
         return rows.sample(frac=1.0, random_state=self.s.seed + day).reset_index(drop=True)
 
     @staticmethod

@@ -63,10 +63,11 @@ def auth_headers() -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def submission_id(lake_root: str, model: str, window: Any) -> str:
+def submission_id(lake_root: str, model: str, window: Any, monitor_run: str | None = None) -> str:
+    """One id per lake, model, monitor (its MLflow run, kept across restarts) and window."""
     lake = hashlib.sha1(lake_root.encode()).hexdigest()[:8]
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", model)[:40]
-    return f"lakeloop-retrain-{slug}-{lake}-w{window}"
+    return f"lakeloop-retrain-{slug}-{lake}" + (f"-{monitor_run[:8]}" if monitor_run else "") + f"-w{window}"
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ class JobTrigger:
         out = []
         for job in client.list_jobs():
             meta = job.metadata or {}
-            if meta.get(METADATA_MODEL) == self.spec["model"] and meta.get(METADATA_LAKE) == self.config["lake"]["root"] \
-                    and not job.status.is_terminal():
+            ours = (meta.get(METADATA_MODEL) == self.spec["model"]
+                    and meta.get(METADATA_LAKE) == self.config["lake"]["root"])
+            if ours and not job.status.is_terminal():
                 out.append(job.submission_id)
         return out
 
@@ -130,7 +132,8 @@ class JobTrigger:
         busy = self.running(client)
         if busy:
             return {"submission_id": busy[0], "already_running": True}
-        sid = submission_id(self.config["lake"]["root"], model, context.get("window", "manual"))
+        sid = submission_id(self.config["lake"]["root"], model, context.get("window", "manual"),
+                            context.get("run_id"))
         env = {"RAY_AIR_NEW_OUTPUT": "0", **self.extra_env}
         if os.environ.get("RAY_AUTH_MODE"):
             env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
