@@ -104,9 +104,25 @@ class JobTrigger:
 
     def entrypoint(self, context: Mapping[str, Any]) -> str:
         args = [self.python, *job_script(), "--spec-json", json.dumps(self.spec), "--config-json",
-                json.dumps(self.config, default=str), "--reason", str(context.get("reason") or "retrain requested"),
-                "--context-json", json.dumps(dict(context), default=str)]
+                json.dumps(self._job_config(), default=str), "--reason",
+                str(context.get("reason") or "retrain requested"), "--context-json",
+                json.dumps(dict(context), default=str)]
         return " ".join(shlex.quote(a) for a in args)
+
+    def _job_config(self) -> dict:
+        """The config for the job, pinned to the cluster this trigger runs in (its GCS address).
+
+        A job driver otherwise finds its cluster with ``RAY_ADDRESS=auto``, which picks the wrong
+        one when two Ray instances run on the machine.
+        """
+        config = self.config
+        if "ray" in sys.modules and not (config.get("ray") or {}).get("address"):
+            import ray
+
+            if ray.is_initialized():
+                gcs = ray.get_runtime_context().gcs_address
+                config = {**config, "ray": {**(config.get("ray") or {}), "address": gcs}}
+        return config
 
     def running(self, client) -> list[str]:
         """Submission ids of this model's retrain jobs (in this lake) that are pending or running."""
