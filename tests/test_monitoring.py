@@ -540,3 +540,5 @@ def test_monitor_cli_starts_a_monitor_with_its_retrain_trigger_and_stops_it_on_e
     assert bad.returncode == 2 and "canary_percent" in bad.stderr
     bad = run_cli("monitor", "start", "clim", "--detach", env=env, check=False)
     assert bad.returncode == 2 and "--detach needs a Ray cluster" in bad.stderr
+    gone = run_cli("monitor", "stop", "clim", env=env, check=False)  # its Ray ended with `monitor start`
+    assert gone.returncode == 2 and "no monitor runs for model 'clim'" in gone.stderr
