@@ -25,13 +25,24 @@ def default_metric(task: str | None) -> str:
     return "rmse" if task == "regression" else "accuracy"
 
 
-def _json(text):
+def logged_value(text):
+    """A value as the logs hold it (JSON text) back: null or NaN is None, text that is not JSON stays text."""
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return None
     try:
         return json.loads(text)
     except (TypeError, ValueError):
         return text
+
+
+def labelled_predictions(joined: "pd.DataFrame") -> tuple[list, list, list, list[int]]:
+    """From rows with logged ``output`` and ``label``: the outputs, their predictions, the labels, and the
+    positions where both a prediction and a label are present."""
+    outputs = [logged_value(o) or {} for o in joined["output"]]
+    labels = [logged_value(lb) for lb in joined["label"]]
+    preds = [o.get("prediction") if isinstance(o, dict) else None for o in outputs]
+    keep = [i for i, (p, y) in enumerate(zip(preds, labels)) if p is not None and y is not None]
+    return outputs, preds, labels, keep
 
 
 def read_feedback(ll: "Lakeloop", request_ids: Iterable[str]) -> "pd.DataFrame":
@@ -56,10 +67,7 @@ def score(rows: "pd.DataFrame", feedback: "pd.DataFrame", metric: str) -> tuple[
     joined = rows[["request_id", "row", "output"]].merge(feedback, on=["request_id", "row"], how="inner")
     if joined.empty:
         return None, 0
-    outputs = [_json(o) or {} for o in joined["output"]]
-    labels = [_json(lb) for lb in joined["label"]]
-    preds = [o.get("prediction") if isinstance(o, dict) else None for o in outputs]
-    keep = [i for i, (p, y) in enumerate(zip(preds, labels)) if p is not None and y is not None]
+    outputs, preds, labels, keep = labelled_predictions(joined)
     n = len(keep)
     if n == 0:
         return None, 0

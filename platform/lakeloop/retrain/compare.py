@@ -14,13 +14,13 @@ worse, and ``inconclusive`` otherwise (the caller decides what that means).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from lakeloop.errors import RetrainError
 from lakeloop.monitoring.detectors import category
+from lakeloop.monitoring.metric import labelled_predictions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,9 +57,7 @@ def _outcomes(joined: "pd.DataFrame", metric: str):
     """Per labelled row: 1/0 correct (accuracy), else the squared or absolute error."""
     import numpy as np
 
-    preds = [_prediction(o) for o in joined["output"]]
-    labels = [_label(v) for v in joined["label"]]
-    keep = [i for i, (p, y) in enumerate(zip(preds, labels)) if p is not None and y is not None]
+    _, preds, labels, keep = labelled_predictions(joined)
     if metric == "accuracy":
         return np.array([float(category(preds[i]) == category(labels[i])) for i in keep]), keep
     try:
@@ -67,24 +65,6 @@ def _outcomes(joined: "pd.DataFrame", metric: str):
     except (TypeError, ValueError) as exc:
         raise RetrainError(f"metric {metric} needs numeric predictions and labels: {exc}") from exc
     return (err**2 if metric == "rmse" else np.abs(err)), keep
-
-
-def _prediction(text):
-    out = _load(text)
-    return out.get("prediction") if isinstance(out, dict) else None
-
-
-def _label(text):
-    return _load(text)
-
-
-def _load(text):
-    if text is None or (isinstance(text, float) and math.isnan(text)):
-        return None
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return text
 
 
 def _value(outcomes, metric: str) -> float | None:
@@ -193,9 +173,10 @@ def labelled_rows(ll: "Lakeloop", model: str, version: int, *, route: str, since
     table = ll.lake.table(INFERENCE)
     if not table.exists():
         return pd.DataFrame(columns=columns)
-    rows = table.to_pandas(columns=["request_id", "row", "time", "output", "error"],
-                           filters=[("model", "=", model), ("version", "=", int(version)), ("route", "=", route)])
-    rows = rows[(rows["time"] >= pd.Timestamp(since)) & rows["error"].isna() & rows["output"].notna()]
+    rows = table.to_pandas(columns=["request_id", "row", "output", "error"],
+                           filters=[("model", "=", model), ("version", "=", int(version)), ("route", "=", route),
+                                    ("time", ">=", pd.Timestamp(since))])  # polled: read only the canary period
+    rows = rows[rows["error"].isna() & rows["output"].notna()]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     labels = read_feedback(ll, rows["request_id"])
