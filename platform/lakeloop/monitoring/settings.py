@@ -23,6 +23,21 @@ def from_plain(cls, data: Mapping[str, Any] | None, what: str, error: type = Mon
         raise error(f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     return cls(**data)
 
+def name_tuples(obj, names: tuple[str, ...], bad) -> None:
+    """Freeze the list-of-names fields of a frozen settings dataclass as tuples; one string is ``bad``."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, str):
+            bad(name, "a list of names, not one string")
+        if value is not None:
+            object.__setattr__(obj, name, tuple(value))
+
+
+def to_plain(obj) -> dict[str, Any]:
+    """A settings dataclass as plain data (tuples as lists): what crosses into actors and jobs."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+
+
 BACKENDS = ("scipy", "alibi")
 CORRECTIONS = ("bonferroni", "fdr")
 METRICS = ("accuracy", "roc_auc", "rmse", "mae")
@@ -130,12 +145,7 @@ class MonitorSettings:
             bad("skew_sample", "at least 1 row")
         if self.skew_alert_rate is not None and not 0 <= self.skew_alert_rate < 1:
             bad("skew_alert_rate", "a share of rows in [0, 1), or None for no alert")
-        for name in ("features", "categorical", "webhook_kinds", "skew_views"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                bad(name, "a list of names, not one string")
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
+        name_tuples(self, ("features", "categorical", "webhook_kinds", "skew_views"), bad)
 
     def detector_kwargs(self) -> dict[str, Any]:
         """The :class:`DriftDetector` parameters among these settings."""
@@ -144,11 +154,7 @@ class MonitorSettings:
                                               "seed", "features", "categorical")}
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "MonitorSettings":

@@ -8,12 +8,11 @@ frame it was trained on (its lineage), and its model family and parameters
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from lakeloop.errors import RetrainError
-from lakeloop.monitoring.settings import from_plain
+from lakeloop.monitoring.settings import from_plain, name_tuples, to_plain
 
 MODES = ("canary", "shadow")
 ON_INCONCLUSIVE = ("rollback", "promote")
@@ -94,16 +93,10 @@ class RetrainSpec:
             bad("decision_timeout_s" if self.decision_timeout_s <= 0 else "poll_s", "must be positive")
         if self.latency_budget_ms <= 0:
             bad("latency_budget_ms", "must be positive")
-        for name in ("features", "families"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                bad(name, "a list of names, not one string")
-            if value is not None:
-                object.__setattr__(self, name, tuple(value))
+        name_tuples(self, ("features", "families"), bad)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "RetrainSpec":
