@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, REPO
+from lakeloop.retrain.trigger import auth_headers
 from test_automl import make_rows, write_table
 
 
@@ -36,11 +37,6 @@ def _free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-def _token_header() -> dict:
-    token = Path.home() / ".ray" / "auth_token"
-    return {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
 
 
 def _group_alive(pgid: int) -> bool:
@@ -71,7 +67,7 @@ def ray_head():
         deadline = time.monotonic() + 120
         while True:  # the job server answers once the head is up
             try:
-                req = urllib.request.Request(f"{address}/api/jobs/", headers=_token_header())
+                req = urllib.request.Request(f"{address}/api/jobs/", headers=auth_headers())
                 with urllib.request.urlopen(req, timeout=3) as r:
                     if r.status == 200:
                         break

@@ -80,10 +80,6 @@ def start(
         raise LakeloopError(f"--retrain-json is not valid JSON: {exc}") from exc
     if not isinstance(spec, dict):
         raise LakeloopError("--retrain-json must be a JSON object of retrain settings")
-    if retrain:
-        from lakeloop.retrain import RetrainSpec
-
-        RetrainSpec.from_dict({**spec, "model": model})  # a bad setting fails before Ray starts
     policy = monitoring.Policy(consecutive=consecutive, metric_drop=metric_drop, cooldown_s=cooldown_s)
     trigger = None
     if retrain:
