@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean tools
 
 install: $(STAMP)
 
@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lakeloop demo
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
+
+tools:  # test-only programs from Debian packages (Prometheus for tests/test_prometheus.py), when root
+	@deploy/install-prometheus.sh
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

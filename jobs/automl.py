@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="registered model name (default: the target)")
     parser.add_argument("--no-register", action="store_true")
     parser.add_argument("--margin", type=float, default=0.0, help="gate: how much to beat the champion by")
-    parser.add_argument("--latency-budget-ms", type=float, default=50.0, help="gate: p95 single-row latency")
+    parser.add_argument("--latency-budget-ms", type=float, default=None,
+                        help="gate: an absolute wall-clock p95 single-row budget (default: none; the gate compares "
+                             "CPU time with the champion's)")
     parser.add_argument("--lake", help="lake root (overrides the config)")
     parser.add_argument("--config", help="lakeloop.yaml")
     args = parser.parse_args(argv)

@@ -17,8 +17,8 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     """No LAKELOOP_* from the caller's shell leaks in; the cwd has no lakeloop.yaml."""
-    for var in list(os.environ):
-        if var.startswith("LAKELOOP_"):
+    for var in list(os.environ):  # mlflow.set_tracking_uri/set_registry_uri export these to subprocesses
+        if var.startswith("LAKELOOP_") or var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
             monkeypatch.delenv(var)
     monkeypatch.chdir(tmp_path)
 
@@ -40,11 +40,22 @@ def ray_session():
     """One local Ray for the whole test session (init ~5 s, so only once)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 namespace="lakeloop-tests")
+    from lakeloop.client import start_local_ray
+
+    if not ray.is_initialized():  # node IP 127.0.0.1: every socket of this Ray on loopback (test_sockets.py)
+        start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="lakeloop-tests")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """One Ray head with its job server for the session, started with the README's single-machine line
+    (`tests/ray_heads.py`); yields (dashboard address, env for Ray clients, head pid)."""
+    from ray_heads import running_head
+
+    with running_head(num_cpus=2) as head:
+        yield head
 
 
 def run_cli(*args: str, cwd=None, env=None, check=True, timeout: float = 120) -> subprocess.CompletedProcess:

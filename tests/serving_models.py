@@ -33,5 +33,6 @@ def register(ll, name: str, threshold: float) -> int:
     with mlflow.start_run(experiment_id=ll.experiment_id()):
         info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
                                        input_example=example, registered_model_name=name,
-                                       code_paths=[__file__])  # the class travels with the model
+                                       code_paths=[__file__],  # the class travels with the model
+                                       metadata={"lakeloop": {"task": "classification", "classes": [0, 1]}})
     return int(info.registered_model_version)

@@ -184,3 +184,132 @@ def test_false_alarms_on_stationary_windows_stay_at_alpha_and_the_policy_never_f
         decision, state = policy.decide(state, version=1, window=w, drift=d, now=float(w))
         fired.append(decision["trigger"])
     assert sum(drifted) >= 9 and fired.index(True) == 2
+
+
+# -- performance without labels ---------------------------------------------------------------------------------
+def classified(n: int, rng, spread: float = 1.0):
+    """``x1`` decides the label through a logistic curve; a small ``spread`` crowds rows at the boundary."""
+    x = pd.DataFrame({"x1": rng.normal(0, spread, n), "x2": rng.normal(0, 1, n)})
+    return x, (rng.random(n) < 1 / (1 + np.exp(-3 * x["x1"]))).astype(int)
+
+
+def test_cbpe_estimates_accuracy_and_roc_auc_through_a_covariate_shift():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from lakeloop.monitoring import CBPE
+
+    rng = np.random.default_rng(0)
+    model = LogisticRegression().fit(*classified(3000, rng))
+
+    def outputs(x):
+        return pd.DataFrame({"prediction": model.predict(x), "probability": model.predict_proba(x)[:, 1]})
+
+    x_ref, y_ref = classified(800, rng)
+    cbpe = CBPE().fit(outputs(x_ref), y_ref)
+    assert cbpe.reference_["accuracy"] == pytest.approx(float((model.predict(x_ref) == y_ref).mean()))  # in-sample
+    realized, estimated = [], []
+    for spread in (1.0, 0.6, 0.3, 0.15):                                 # accuracy falls from ~0.84 to ~0.6
+        for _ in range(3):
+            x, y = classified(400, rng, spread)
+            out, est = outputs(x), cbpe.estimate(outputs(x))
+            realized.append((float((out["prediction"] == y).mean()), roc_auc_score(y, out["probability"])))
+            estimated.append((est["accuracy"], est["roc_auc"]))
+            assert abs(est["accuracy"] - realized[-1][0]) < 4 * est["accuracy_sd"] + 0.02
+    realized, estimated = np.array(realized), np.array(estimated)
+    assert realized[-3:, 0].mean() < realized[:3, 0].mean() - 0.15      # the shift is real...
+    assert np.abs(estimated - realized).mean(axis=0).max() < 0.04        # ...and the estimates follow it
+    assert np.corrcoef(estimated[:, 0], realized[:, 0])[0, 1] > 0.9
+
+    # the same on string classes, with the positive class's probability as the pyfunc logs it
+    named = outputs(x_ref).assign(prediction=lambda d: np.where(d["prediction"] == 1, "fraud", "ok"))
+    again = CBPE().fit(named, np.where(y_ref == 1, "fraud", "ok"))
+    assert again.positive_ == "fraud" and again.reference_["accuracy"] == pytest.approx(cbpe.reference_["accuracy"])
+
+
+def test_cbpe_on_three_classes_calibrates_the_predicted_class_probability():
+    from sklearn.linear_model import LogisticRegression
+
+    from lakeloop.monitoring import CBPE
+
+    rng = np.random.default_rng(1)
+
+    def data(n, spread):
+        x = pd.DataFrame({"x1": rng.normal(0, spread, n), "x2": rng.normal(0, spread, n)})
+        logits = np.column_stack([2 * x["x1"], 2 * x["x2"], np.zeros(n)])
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        return x, np.array([rng.choice(3, p=row) for row in p])
+
+    model = LogisticRegression().fit(*data(3000, 1.5))
+    x_ref, y_ref = data(1000, 1.5)
+
+    def out(x):  # what the pyfunc logs for three classes: the predicted class's probability
+        return pd.DataFrame({"prediction": model.predict(x), "probability": model.predict_proba(x).max(axis=1)})
+
+    cbpe = CBPE().fit(out(x_ref), y_ref)
+    for spread in (1.5, 0.3):
+        x, y = data(600, spread)
+        est = cbpe.estimate(out(x))
+        assert est["roc_auc"] is None and abs(est["accuracy"] - float((model.predict(x) == y).mean())) < 0.05
+
+
+def test_dle_estimates_mae_and_rmse_where_the_noise_grows():
+    from sklearn.linear_model import LinearRegression
+
+    from lakeloop.monitoring import DLE
+
+    rng = np.random.default_rng(2)
+
+    def data(n, loc=0.0, scale=1.0):  # the noise grows with |x2|, which the model cannot know
+        x = pd.DataFrame({"x1": rng.normal(0, 1, n), "x2": rng.normal(loc, scale, n),
+                          "shop": rng.choice(["a", "b", "c"], n)})
+        return x, 2 * x["x1"] + rng.normal(0, 0.3 + np.abs(x["x2"]), n)
+
+    model = LinearRegression().fit(*[d[["x1", "x2"]] if i == 0 else d for i, d in enumerate(data(3000))])
+    x_ref, y_ref = data(1000)
+    pred = lambda x: pd.DataFrame({"prediction": model.predict(x[["x1", "x2"]])})  # noqa: E731
+    dle = DLE(seed=0).fit(x_ref, pred(x_ref), y_ref)
+    rows = []
+    for loc in (0.0, 1.0, 2.0):                                          # x2 moves into the noisy tails
+        x, y = data(500, loc, 1.0 if loc == 0 else 0.5)
+        err = pred(x)["prediction"].to_numpy() - y.to_numpy()
+        est = dle.estimate(x, pred(x))
+        rows.append((float(np.abs(err).mean()), float(np.sqrt((err**2).mean())), est["mae"], est["rmse"]))
+    rows = np.array(rows)
+    assert rows[2, 0] > 1.8 * rows[0, 0]                                 # the realized mae doubles...
+    assert np.all(np.abs(rows[:, 2] - rows[:, 0]) / rows[:, 0] < 0.12)   # ...and the estimate follows (mae)
+    assert np.all(np.abs(rows[:, 3] - rows[:, 1]) / rows[:, 1] < 0.15)   # (rmse)
+    assert dle.estimate(x_ref.drop(columns="shop").iloc[:5], pred(x_ref).iloc[:5])["rows"] == 5   # a column lost
+
+
+def test_estimators_say_what_is_missing():
+    from lakeloop.monitoring import CBPE, DLE
+    from lakeloop.monitoring.performance import fit_estimator
+
+    out = pd.DataFrame({"prediction": [1, 0] * 50, "probability": [0.8, 0.3] * 50})
+    with pytest.raises(MonitorError, match="one class only"):
+        CBPE().fit(out, [1] * 100)
+    with pytest.raises(MonitorError, match="probability"):
+        CBPE().fit(out.drop(columns="probability"), [1, 0] * 50)
+    with pytest.raises(MonitorError, match="usable rows"):
+        CBPE().fit(out.head(10), [1, 0] * 5)
+    with pytest.raises(MonitorError, match="not fitted"):
+        DLE().estimate(out, out)
+    with pytest.raises(MonitorError, match="not aligned"):
+        fit_estimator("classification", out, out, [1])
+
+
+def test_policy_fires_on_an_estimated_drop_only_when_asked():
+    args = dict(version=1, window=0, drift=False, metric="accuracy", baseline=0.9, now=0.0, estimated=0.75)
+    d, _ = Policy().decide(None, **args)
+    assert not d["trigger"] and d["estimated_drop"] == pytest.approx(0.15)   # recorded, off by default
+    d, _ = Policy(estimated_drop=0.1).decide(None, **args)
+    assert d["trigger"] and "estimated accuracy" in d["reason"] and "no labels needed" in d["reason"]
+    d, _ = Policy(estimated_drop=0.1).decide(None, **{**args, "metric": "rmse", "baseline": 0.75, "estimated": 0.9})
+    assert d["trigger"] and d["estimated_drop"] == pytest.approx(0.15)       # rmse: higher is worse
+    d, _ = Policy(estimated_drop=0.2).decide(None, **args)
+    assert not d["trigger"]
+    with pytest.raises(MonitorError, match="estimated_drop"):
+        Policy(estimated_drop=0)
+    with pytest.raises(MonitorError, match="window_attempts"):
+        MonitorSettings(window_attempts=0)

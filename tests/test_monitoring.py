@@ -41,15 +41,19 @@ def outputs(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"prediction": (proba >= 0.5).astype(int), "probability": proba})
 
 
-def log(ll, frame: pd.DataFrame, *, version: int = 1, model: str = MODEL, route: str = "primary") -> list[dict]:
-    """One append to logs.inference (one Delta commit), one request per row."""
+def log(ll, frame: pd.DataFrame | list[dict], *, version: int = 1, model: str = MODEL, route: str = "primary",
+        outs: pd.DataFrame | None = None) -> list[dict]:
+    """One append to logs.inference (one Delta commit), one request per row, JSON as the serving layer writes it
+    (``json.dumps(row, default=str)``)."""
     table = ll.lake.create(INFERENCE, INFERENCE_COLUMNS, exist_ok=True)
     now = pd.Timestamp.now(tz="UTC")
-    outs = outputs(frame).to_dict(orient="records")
+    features = frame if isinstance(frame, list) else frame.to_dict(orient="records")
+    outs = (outputs(frame) if outs is None else outs).to_dict(orient="records")
     records = [{"request_id": f"req-{next(REQUEST_IDS):08d}", "row": 0, "time": now, "model": model, "version": version,
-                "route": route, "features": json.dumps(r), "output": json.dumps(o),
+                "route": route, "features": r if isinstance(r, str) else json.dumps(r, default=str),
+                "output": json.dumps(o, default=str),
                 "prediction": str(o["prediction"]), "latency_ms": 2.0, "error": None}
-               for r, o in zip(frame.to_dict(orient="records"), outs)]
+               for r, o in zip(features, outs)]
     table.append(pd.DataFrame(records))
     return records
 
@@ -147,7 +151,7 @@ def test_live_metrics_join_predictions_with_labels_by_request_and_row():
 @pytest.mark.parametrize("backend", ["scipy", "alibi"])
 def test_windows_per_served_version_with_live_metric_mlflow_metrics_reports_and_status(ll, reference, backend):
     rng = np.random.default_rng(1)
-    settings = MonitorSettings(window_rows=50, n_permutations=50, mmd_reference_rows=300, report="drift",
+    settings = MonitorSettings(window_rows=50, n_permutations=100, mmd_reference_rows=300, report="drift",
                                backend=backend)
     v1 = log(ll, rows(70, rng), version=1)
     v2 = log(ll, rows(60, rng), version=2)
@@ -420,6 +424,164 @@ def test_served_feature_values_are_checked_against_the_offline_store_at_request_
     assert [(m.step, m.value) for m in history] == [(0, 0.25)]
 
 
+# -- rows the monitor cannot use, and windows that keep failing ---------------------------------------------
+POISON = [{"amount": 10**400, "age": 30.0, "country": "US"},          # beyond float64: pandas raises on it
+          {"amount": "lots", "age": 41.0, "country": "GB"},           # text in a numeric feature
+          {"amount": float("inf"), "age": 52.0, "country": "DE"},     # logged as Infinity
+          '{"amount": 12.5, "age": ']                                  # a malformed JSON row
+
+
+def test_rows_the_tests_cannot_use_are_named_with_the_reason():
+    from lakeloop.monitoring.rows import parse
+
+    logged = pd.DataFrame({"request_id": list("abcdefghi"), "row": 0, "features": [
+        json.dumps({"amount": 1.5, "country": "US"}), json.dumps({"amount": 10**400}), json.dumps({"amount": "x"}),
+        json.dumps({"amount": float("nan"), "country": None}), "{oops", json.dumps([1, 2]),
+        json.dumps({"amount": "2.5"}), json.dumps({"amount": 1e300}), None],
+        "output": [json.dumps({"prediction": 1, "probability": 0.7})] * 7
+        + [json.dumps({"prediction": 0, "probability": 0.1}), json.dumps({"prediction": 1, "probability": 1.5})]})
+    parsed = parse(logged, {"amount": (10.0, 3.0)})
+    assert parsed.keep == [0, 3, 6]                                    # NaN is a missing value; "2.5" is a number
+    why = {b["request_id"]: (b["column"], b["why"]) for b in parsed.bad}
+    assert why == {"b": ("amount", "is an integer outside float64's range"),
+                   "c": ("amount", "is text in a numeric feature"), "e": ("features", "is not valid JSON "
+                                                                                     "(JSONDecodeError)"),
+                   "f": ("features", "are not a JSON object but list"),
+                   "h": ("amount", "is more than 1e+100 standard deviations from the reference"),
+                   "i": ("output.probability", "is not a probability in [0, 1]")}
+    assert next(b for b in parsed.bad if b["request_id"] == "b")["value"] == "10000000000000000000...(401 digits)"
+    assert parsed.features[1] == {"amount": None, "country": None} or np.isnan(parsed.features[1]["amount"])
+
+
+def test_a_poison_row_in_stationary_traffic_is_counted_skipped_and_alerted_once(ll, reference):
+    settings = MonitorSettings(window_rows=40, n_permutations=30, mmd_reference_rows=200, report="never")
+    monitor = in_process(ll, settings, reference=reference, reference_outputs=outputs(reference))
+    rng = np.random.default_rng(21)
+    good = rows(156, rng)
+    served = good.to_dict(orient="records")
+    served[50:50] = POISON                                               # all four land in window 1
+    outs = pd.concat([outputs(good.iloc[:50]), pd.DataFrame([{"prediction": 1, "probability": 0.7}] * 4),
+                      outputs(good.iloc[50:])], ignore_index=True)
+    log(ll, served, outs=outs)
+
+    done = monitor.run_once()                                            # before: OverflowError on every attempt
+    assert [(d["rows"], d["bad_rows"]) for d in done] == [(40, 0), (40, 4), (40, 0), (40, 0)]
+    assert monitor.stream.pending() == {} and monitor.rows_counted == 160
+    table = monitoring.windows(ll, MODEL)
+    assert list(table["bad_rows"]) == [0, 4, 0, 0]
+    assert json.loads(table.iloc[1]["result"])["features"]["amount"]["rows"] == 36   # tested on the good rows
+    alerts = monitoring.read_events(ll, MODEL, kinds=["alert"])
+    assert len(alerts) == 1
+    alert = as_records(alerts)[0]
+    assert "4 of 40 rows of version 1 could not be used" in alert["reason"] and "float64" in alert["reason"]
+    assert alert["details"]["bad_rows"] == 4 and len(alert["details"]["reasons"]) == 4
+    assert alert["details"]["examples"][0]["value"].endswith("(401 digits)")
+    v1 = monitoring.status(ll, MODEL, live=False)["versions"][1]
+    assert (v1["bad_rows"], v1["bad_rows_total"], v1["failed_windows"]) == (0, 4, 0)
+    assert not monitor.errors or all("Ray metrics" in e for e in monitor.errors)
+
+
+def test_a_window_that_keeps_failing_is_recorded_as_failed_and_the_monitor_moves_on(ll, reference, monkeypatch):
+    settings = MonitorSettings(window_rows=40, n_permutations=30, mmd_reference_rows=200, report="never",
+                               window_attempts=3)
+    monitor = in_process(ll, settings, reference=reference, reference_outputs=outputs(reference))
+    analyse = monitor._analyse
+
+    def broken_on_window_0(version, rows, window):  # any failure other than a bad row, on one window only
+        if window == 0:
+            raise RuntimeError("the reference store is unreachable")
+        return analyse(version, rows, window)
+
+    monkeypatch.setattr(monitor, "_analyse", broken_on_window_0)
+    log(ll, rows(80, np.random.default_rng(4)))
+    for attempt in (1, 2):
+        with pytest.raises(RuntimeError, match="unreachable"):
+            monitor.run_once()
+        assert monitor.next_window == 0 and list(monitor.live()["retrying"].values()) == [attempt]
+    done = monitor.run_once()                                            # the third failure is recorded; on it goes
+    assert [(d["window"], d["failed"] is not None, d["rows"]) for d in done] == [(0, True, 40), (1, False, 40)]
+    assert monitor.live()["retrying"] == {} and monitor.rows_counted == 80
+    alert = monitoring.read_events(ll, MODEL, kinds=["alert"]).iloc[0]
+    assert "window 0 of version 1 failed 3 times" in alert["reason"] and "unreachable" in alert["reason"]
+    table = monitoring.windows(ll, MODEL)
+    assert (table.iloc[1]["first_commit"], table.iloc[1]["first_offset"]) == (table.iloc[0]["next_commit"],
+                                                                              table.iloc[0]["next_offset"])
+    assert monitoring.status(ll, MODEL, live=False)["versions"][1]["failed_windows"] == 1
+
+
+def test_a_windows_table_from_before_new_columns_gets_them_and_keeps_its_rows(ll):
+    from lakeloop.monitoring.monitor import WINDOW_COLUMNS, ensure_windows_table
+
+    old = {k: v for k, v in WINDOW_COLUMNS.items() if k not in ("bad_rows", "estimated_value", "estimate")}
+    ll.lake.create(monitoring.WINDOWS, old)
+    ll.lake.table(monitoring.WINDOWS).append(pd.DataFrame([{"model": MODEL, "window": 0, "version": 1, "rows": 20}]))
+    table = ensure_windows_table(ll)
+    assert {"bad_rows", "estimated_value", "estimate"} <= set(table.schema.names)
+    back = table.to_pandas()
+    assert list(back["rows"]) == [20] and back["bad_rows"].isna().all()
+
+
+# -- performance without labels --------------------------------------------------------------------------------
+def labelled_rows(n: int, rng, spread: float = 3.0) -> pd.DataFrame:
+    """``amount`` decides the label through a logistic curve around 10; a small ``spread`` puts rows near it."""
+    data = pd.DataFrame({"amount": rng.normal(10, spread, n), "age": rng.integers(18, 80, n).astype(float)})
+    data["label"] = (rng.random(n) < 1 / (1 + np.exp(-(data["amount"] - 10)))).astype(int)
+    return data
+
+
+@pytest.mark.slow
+def test_the_estimated_accuracy_tracks_a_covariate_shift_and_fires_the_policy_before_labels(ll):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from lakeloop.cli.monitor import _estimated
+
+    rng = np.random.default_rng(8)
+    data = labelled_rows(1500, rng)
+    train, holdout = data.iloc[:1100], data.iloc[1100:]
+    features = ["amount", "age"]
+    pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(train[features], train["label"])
+    ll.models.register(MODEL, pipe, holdout=holdout, target="label", task="classification", train=train, gate=False)
+    baseline = ll.models.show(MODEL, 1)["metrics"]["accuracy"]
+
+    calls = []
+    settings = MonitorSettings(window_rows=200, n_permutations=30, mmd_reference_rows=200, report="never")
+    monitor = in_process(ll, settings, reference=train[features],
+                         policy=Policy(consecutive=10, estimated_drop=0.08), trigger=calls.append)
+    realized = []
+    for spread in (3.0, 3.0, 3.0, 0.7, 0.7, 0.7):                        # then rows crowd the decision boundary
+        window = labelled_rows(200, rng, spread)
+        outs = pd.DataFrame({"prediction": pipe.predict(window[features]),
+                             "probability": pipe.predict_proba(window[features])[:, 1]})
+        realized.append(float((outs["prediction"] == window["label"]).mean()))   # the labels are never sent
+        log(ll, window[features], outs=outs)
+    done = monitor.run_once()
+    estimated = [d["estimated"] for d in done]
+    assert all(d["value"] is None and d["decision"]["metric_drop"] is None for d in done)   # no label arrived
+    before, after = np.mean(realized[:3]), np.mean(realized[3:])
+    assert after < before - 0.12                                         # the shift costs real accuracy...
+    assert abs(np.mean(estimated[:3]) - before) < 0.04 and abs(np.mean(estimated[3:]) - after) < 0.04   # ...seen
+    assert max(abs(e - r) for e, r in zip(estimated, realized)) < 0.08
+    assert all(d["estimate"]["roc_auc"] is not None for d in done)
+    assert done[3]["estimate"]["roc_auc"] < done[0]["estimate"]["roc_auc"]
+
+    fired = [d["decision"]["trigger"] for d in done]
+    assert fired == [False, False, False, True, False, False]            # then in flight: no second retrain
+    assert "estimated accuracy of version 1" in done[3]["decision"]["reason"] and len(calls) == 1
+    assert done[3]["decision"]["baseline"] == pytest.approx(baseline)
+
+    history = ll.mlflow.get_metric_history(monitor.run_id, "v1/estimated_accuracy")
+    assert sorted(m.step for m in history) == list(range(6))
+    assert [m.step for m in ll.mlflow.get_metric_history(monitor.run_id, "v1/estimated_roc_auc")]
+    table = monitoring.windows(ll, MODEL)
+    assert list(table["estimated_value"]) == pytest.approx(estimated)
+    shown = monitoring.status(ll, MODEL, live=False)["versions"][1]
+    assert shown["estimated_value"] == pytest.approx(estimated[-1]) and shown["estimate"]["accuracy_sd"] > 0
+    assert _estimated(shown) == f"{estimated[-1]:.4f} ± {shown['estimate']['accuracy_sd']:.3f}"   # the CLI's column
+    assert monitor.live()["estimators"]["1"].startswith("CBPE(")
+
+
 # -- the actor --------------------------------------------------------------------------------------------
 @pytest.fixture
 def monitors(ll, ray_session):
@@ -503,6 +665,16 @@ def test_killed_monitor_actor_resumes_with_no_gap_and_no_double_count(ll, refere
                 if line.startswith("ray_lakeloop_drift_p_value{") and f'model="{MODEL}"' in line] or None
 
     assert any('feature="amount"' in line for line in wait_for(exported, 60, "Ray metrics", interval_s=1.0))
+
+    def bad_rows_exported():  # set on every window (0 here), so a dashboard sees the monitor's bad rows
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return [line for line in text.splitlines()
+                if line.startswith("ray_lakeloop_monitor_bad_rows{") and f'model="{MODEL}"' in line] or None
+
+    assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in wait_for(bad_rows_exported, 60, "the bad rows gauge",
+                                                                        1.0))
 
     stopped = monitoring.stop(ll, MODEL)
     assert stopped["rows_counted"] == expected

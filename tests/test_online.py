@@ -18,9 +18,11 @@ pytestmark = pytest.mark.slow
 DEFS = "fs_defs:definitions"
 
 
-def post(url: str, body) -> tuple[int, dict]:
+def post(url: str, body, token: str | None = None, headers: dict | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **auth,
+                                                          **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read())
@@ -60,19 +62,21 @@ def test_online_values_equal_offline_values_now(fs):
 def test_http_lookup_and_clear_errors(fs):
     actor = online.start(fs)
     base = online.url(fs)
-    status, body = post(f"{base}/v1/features/user_rows", {"entities": [{"user_id": "u1"}, {"user_id": "zz"}]})
+    token = online.read_token(fs)
+    status, body = post(f"{base}/v1/features/user_rows", {"entities": [{"user_id": "u1"}, {"user_id": "zz"}]}, token)
     assert status == 200 and body["features"] == ["amount2", "amount"]
     assert body["rows"][0]["_missing"] is False and body["rows"][0]["amount2"] == 2 * body["rows"][0]["amount"]
     assert body["rows"][1] == {"user_id": "zz", "amount2": None, "amount": None, "_event_time": None,
                                "_missing": True}
-    status, body2 = post(f"{base}/v1/features/user_rows", {"user_id": ["u1"]})
+    status, body2 = post(f"{base}/v1/features/user_rows", {"user_id": ["u1"]}, token)
     assert status == 200 and body2["rows"][0] == body["rows"][0]
-    assert post(f"{base}/v1/features/nope", {"user_id": ["u1"]})[0] == 404
-    status, err = post(f"{base}/v1/features/user_rows", b"{not json")
+    assert post(f"{base}/v1/features/nope", {"user_id": ["u1"]}, token)[0] == 404
+    status, err = post(f"{base}/v1/features/user_rows", b"{not json", token)
     assert status == 400 and "JSON" in err["error"]
-    status, err = post(f"{base}/v1/features/user_rows", {"entities": [{"customer": "u1"}]})
+    status, err = post(f"{base}/v1/features/user_rows", {"entities": [{"customer": "u1"}]}, token)
     assert status == 400 and "user_id" in err["error"]
-    with urllib.request.urlopen(f"{base}/v1/features", timeout=10) as r:
+    req = urllib.request.Request(f"{base}/v1/features", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
         listing = json.loads(r.read())
     assert {v["view"] for v in listing} >= {"user_rows", "user_windows"}
     assert actor is not None
@@ -114,3 +118,49 @@ def test_online_store_rebuilds_from_delta_after_a_restart(fs):
             assert time.monotonic() < deadline, "online store did not come back"
             time.sleep(0.5)
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_http_needs_the_read_token_and_refuses_bulk_or_malformed_lookups(fs):
+    import os
+    import stat
+
+    online.start(fs)
+    url = f"{online.url(fs)}/v1/features/user_rows"
+    token = online.read_token(fs)
+    token_file = fs.config.lake.root + "/_secrets/online_read_token"
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600 and len(token) >= 32
+    for bad_token in (None, "wrong", token + "x"):
+        status, err = post(url, {"user_id": ["u1"]}, bad_token)
+        assert status == 401 and "read_token" in err["error"], (bad_token, status)
+    with pytest.raises(urllib.error.HTTPError) as listing:
+        urllib.request.urlopen(f"{online.url(fs)}/v1/features", timeout=10)
+    assert listing.value.code == 401
+    status, err = post(url, {"user_id": [f"u{i}" for i in range(fs.config.online.max_entities + 1)]}, token)
+    assert status == 413 and "online.max_entities" in err["error"]
+    import http.client
+
+    conn = http.client.HTTPConnection(fs.config.online.host, fs.config.online.port, timeout=10)
+    conn.putrequest("POST", "/v1/features/user_rows")  # declares 50 MB, sends none: refused before reading
+    conn.putheader("Authorization", f"Bearer {token}")
+    conn.putheader("Content-Length", str(50_000_000))
+    conn.endheaders()
+    answer = conn.getresponse()
+    assert answer.status == 413 and "online.max_bytes" in json.loads(answer.read())["error"]
+    conn.close()
+    hostile = [
+        ({"entities": [{"user_id": ["u1"]}]}, "user_id"),        # unhashable key
+        ({"entities": [{"user_id": {"a": 1}}]}, "user_id"),
+        ({"entities": [{"user_id": 7}]}, "string"),             # wrong type
+        ({"user_id": "u1"}, "entities"),
+        ({"entities": "u1"}, "entities"),
+        ({"entities": [1, 2]}, "entities"),
+        (b"[" * 100_000, "nested"),                             # depth
+        (b'{"user_id": [NaN]}', "JSON"),
+        (b"\xff\xfe", "UTF-8"),
+        (b"", "JSON"),
+    ]
+    for body, needle in hostile:
+        status, err = post(url, body, token)
+        assert status == 400 and needle in err["error"], (body[:40], status, err)
+    status, body = post(url, {"user_id": ["u1"]}, token)  # still serving
+    assert status == 200 and body["rows"][0]["_missing"] is False

@@ -3,12 +3,14 @@ and `mlflow models serve` answering with a registered version."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -49,6 +51,32 @@ class SlowModel:
         return self.inner.predict_proba(X)
 
 
+class BusyModel:
+    """The same answers after ``ms`` of CPU work per call: genuinely slower, whatever else the machine does."""
+
+    def __init__(self, inner, ms: float):
+        self.inner, self.ms = inner, ms
+        self.classes_ = inner.classes_
+
+    def predict_proba(self, X):
+        end = time.thread_time() + self.ms / 1000.0
+        while time.thread_time() < end:
+            pass
+        return self.inner.predict_proba(X)
+
+
+@contextlib.contextmanager
+def cpu_hog(processes: int = 2):
+    """Busy-loop processes for the length of the block (this machine has 2 cores); stopped by PID."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 class ExtraColumnModel:
     """As good as the champion, but it needs a column the champion's callers do not send."""
 
@@ -74,22 +102,22 @@ def scenario(tmp_path_factory, ray_session):
     out = {"ll": ll}
     first = ll.automl.run("raw.credit", target="label", features=FEATURES, timestamp_column="at",
                           families=["linear", "hgb"], max_trials=3, seed=5, name="credit", progress=False,
-                          gate=Gate(latency_budget_ms=2000))
+                          gate=Gate())
     out["first"] = first
     out["promote_first"] = ll.models.promote("credit")
     holdout, spec = ll.models.holdout("credit", 1), ll.models.spec("credit", 1)
     register = ll.models.register
     out["v2"] = register("credit", ConstantModel(), holdout=holdout, spec=spec,
-                         gate=Gate(margin=0.01, latency_budget_ms=2000))
+                         gate=Gate(margin=0.01))
     out["v3"] = register("credit", NaNModel(first.model), holdout=holdout, spec=spec,
-                         gate=Gate(latency_budget_ms=2000))
+                         gate=Gate())
     out["v4"] = register("credit", SlowModel(first.model, 0.03), holdout=holdout, spec=spec,
                          gate=Gate(latency_budget_ms=10, latency_rows=10))
     extra_spec = dataclasses.replace(spec, features=(*spec.features, "extra"), numeric=(*spec.numeric, "extra"))
     out["v5"] = register("credit", ExtraColumnModel(first.model), spec=extra_spec,
                          holdout=holdout.assign(extra=np.arange(len(holdout), dtype=float)),
-                         gate=Gate(latency_budget_ms=2000))
-    out["rebuild"] = ll.models.rebuild("credit", 1, register=True, gate=Gate(latency_budget_ms=2000))
+                         gate=Gate())
+    out["rebuild"] = ll.models.rebuild("credit", 1, register=True, gate=Gate())
     out["after_rebuild"] = ll.models.show("credit", "challenger")
     out["promote_rebuilt"] = ll.models.promote("credit")
     out["rollback"] = ll.models.rollback("credit")
@@ -138,6 +166,40 @@ def test_gate_refuses_a_version_over_the_latency_budget(scenario):
     assert t["lakeloop.gate.passed"] == "false" and float(t["lakeloop.gate.p95_ms"]) > 10
     assert v4.gate["reasons"] == [r for r in v4.gate["reasons"] if "latency" in r] and v4.gate["reasons"]
     assert t["lakeloop.gate.latency_budget_ms"] == "10"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_gate_under_cpu_load_times_the_challenger_against_the_champion(ll):
+    """Two busy-loop processes on this 2-core machine: the first version passes (no champion, no absolute
+    budget), a challenger as fast as the champion passes, one doing 40 ms more CPU work per row is refused."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    from lakeloop.automl import family
+    from lakeloop.registry import Gate
+
+    data = load_breast_cancer(as_frame=True).frame
+    train, holdout = train_test_split(data, test_size=0.3, random_state=0, stratify=data["target"])
+    features = [c for c in data.columns if c != "target"]
+    pipe = family.build("linear", family.FAMILIES["linear"].defaults("classification"), task="classification",
+                        seed=0, numeric=features, categorical=[]).fit(train[features], train["target"])
+    common = dict(holdout=holdout, target="target", task="classification", train=train, gate=False)
+    for model in (pipe, pipe, BusyModel(pipe, 40.0)):  # v1, v2 (the same), v3 (slower); gated below
+        ll.models.register("busy", model, **common)
+    with cpu_hog(2):
+        first = ll.models.gate("busy", 1, Gate()).to_dict()
+        assert first["passed"] and first["schema"] == "no champion", first
+        assert first["latency_budget_ms"] is None and first["latency_ratio"] is None
+        ll.models.promote("busy", 1)
+        same = ll.models.gate("busy", 2, Gate()).to_dict()
+        slow = ll.models.gate("busy", 3, Gate(latency_rows=20)).to_dict()
+    assert same["passed"], same
+    assert same["champion_p95_ms"] > 0 and same["latency_ratio"] <= 1.5
+    assert not slow["passed"] and slow["latency_ratio"] > 1.5, slow
+    assert slow["reasons"] and all("times champion version 1's" in r for r in slow["reasons"])
+    t = ll.mlflow.get_model_version("busy", "3").tags
+    assert float(t["lakeloop.gate.latency_ratio"]) > 1.5 and t["lakeloop.gate.max_latency_ratio"] == "1.5"
 
 
 def test_gate_flags_a_schema_breaking_change(scenario):
@@ -229,7 +291,7 @@ def test_models_cli_lists_shows_compares_gates_promotes_rolls_back_and_rebuilds(
     assert lineage["lineage"]["frame"]["entities"]["table"] == "raw.credit"
     compared = json.loads(run_cli("--lake", lake, "models", "compare", "credit", "1", "6", "--json").stdout)
     assert [v["version"] for v in compared["versions"]] == [1, 6]
-    gated = json.loads(run_cli("--lake", lake, "models", "gate", "credit", "6", "--latency-budget-ms", "2000",
+    gated = json.loads(run_cli("--lake", lake, "models", "gate", "credit", "6", "--max-latency-ratio", "1.5",
                                "--json").stdout)
     assert gated["passed"] and gated["champion_version"] == 1
     promoted = json.loads(run_cli("--lake", lake, "models", "promote", "credit", "--json").stdout)
@@ -257,7 +319,7 @@ def _free_port() -> int:
 def test_mlflow_models_serve_answers_with_the_registered_version(scenario, tmp_path):
     ll = scenario["ll"]
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ll.config.tracking_uri,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ll.config.tracking_uri, "MLFLOW_REGISTRY_URI": ll.config.registry_uri,
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/credit/1", "--env-manager",
@@ -310,10 +372,28 @@ def test_a_multiclass_model_registers_scores_and_answers_per_class_probabilities
     pipe = family.build("hgb", family.FAMILIES["hgb"].defaults("classification"), task="classification", seed=0,
                         numeric=features, categorical=[]).fit(train[features], train["target"])
     info = ll.models.register("wine", pipe, holdout=holdout, target="target", task="classification", train=train,
-                              gate=Gate(latency_budget_ms=2000))
+                              gate=Gate())
     assert info.version == 1 and info.gate["passed"] and info.gate["metric"] == "accuracy"
     assert info.metrics["accuracy"] > 0.8 and "log_loss" in info.metrics
     answer = ll.models.load("wine", 1).predict(holdout[features].head(4))
     assert list(answer.columns) == ["prediction", "probability", "proba_0", "proba_1", "proba_2"]
     np.testing.assert_allclose(answer[["proba_0", "proba_1", "proba_2"]].sum(axis=1), 1.0)
     assert info.gate["score"] == pytest.approx(info.metrics["accuracy"])
+
+
+def test_model_names_reach_mlflow_filter_strings_quoted_so_they_cannot_add_conditions(ll):
+    """A name with quotes finds its own versions only; one that spells a filter condition finds nothing else."""
+    from lakeloop.registry.models import name_filter
+
+    client = ll.mlflow
+    names = ["o'brien", 'say "hi"', "both'\"kinds", "plain"]
+    for i, name in enumerate(names):
+        client.create_registered_model(name)
+        for _ in range(i + 1):
+            client.create_model_version(name, source=f"file:///tmp/{i}")
+    for i, name in enumerate(names):
+        assert [int(v.version) for v in ll.models._versions(name)] == list(range(1, i + 2)), name
+    sneaky = "plain' OR name LIKE '%"  # not registered: must not match the others through the filter
+    assert name_filter(sneaky) == f'name="{sneaky}"'
+    assert ll.models._versions(sneaky) == []
+    assert name_filter("both'\"kinds") is None

@@ -105,7 +105,8 @@ def test_serve_run_import_path(registered, tmp_path):
         from lakeloop.serving.service import admin_token
 
         token = admin_token(ll)
-        out = http_json("POST", "http://127.0.0.1:8000/v1/admin/models/fraud/deploy", {"version": v1}, token=token)
+        out = http_json("POST", "http://127.0.0.1:8000/v1/admin/models/fraud/deploy", {"version": v1}, token=token,
+                        timeout=180)  # starts the version's replicas: slow on a busy machine
         assert out["version"] == v1
         answer = http_json("POST", "http://127.0.0.1:8000/v1/models/fraud/predict", {"rows": [ROW]})
         assert answer["version"] == v1 and answer["predictions"][0]["prediction"] == 1

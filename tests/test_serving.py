@@ -15,7 +15,7 @@ import serving_models
 from conftest import free_port
 from lakeloop.serving.service import admin_token
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the module fixture starts serving with 3 versions
 ROW = {"amount": 150.0, "country": "US"}
 
 
@@ -38,7 +38,7 @@ def served(tmp_path_factory, ray_session):
 
     root = tmp_path_factory.mktemp("serving") / "lake"
     ll = lakeloop.connect(lake_root=str(root), serve_port=free_port(), ray_namespace="serving-tests",
-                          serve_max_rows=50, serve_max_bytes=20_000)
+                          serve_max_rows=50, serve_max_bytes=20_000, serve_replicas=1)  # replica kills: test_faults
     versions = [serving_models.register(ll, "fraud", t) for t in (100.0, 200.0, 120.0, 110.0)]
     ll.serving.up()
     for v in versions[:3]:  # the first takes all traffic; the others wait idle
@@ -194,6 +194,10 @@ def test_every_prediction_is_logged_and_feedback_lands(fraud):
     rid = body["request_id"]
     assert call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": rid, "labels": [1, 0]})[0] == 200
     assert call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": rid})[0] == 400
+    status, answer = call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": rid, "label": 0, "row": 1})
+    assert status == 409 and "/v1/feedback/correct" in answer["error"], answer  # once per row
+    status, answer = call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": "f" * 32, "label": 1})
+    assert status == 404 and "not answered" in answer["error"], answer  # only served requests
     log = ll.lake.table("logs.inference")
     deadline = time.monotonic() + 30
     while True:
@@ -292,3 +296,31 @@ def test_versions_deploy_by_alias_and_unknown_aliases_are_404(fraud):
     auth = {"Authorization": f"Bearer {admin_token(ll)}"}
     status, answer = call(ll.config.serve.port, "POST", "/v1/admin/models/fraud/deploy", {"alias": "nope"}, auth)
     assert status == 404 and "no version or alias 'nope'" in answer["error"]
+
+
+def test_stored_traffic_is_validated_and_a_bad_row_is_reported_and_skipped(tmp_path):
+    """A NaN weight persisted in serving.traffic is not served after a restart: the last valid entry is."""
+    from lakeloop.monitoring import read_events
+    from lakeloop.serving.controller import HISTORY, HISTORY_COLUMNS, ServingController
+
+    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"))
+    versions = {"1": {"uri": "models:/fraud/1"}, "2": {"uri": "models:/fraud/2"}}
+    other = {"versions": {"1": {"uri": "models:/other/1"}}, "policy": {"weights": {"1": 100.0}}}
+    good = {"version": 1, "models": {"fraud": {"versions": versions, "policy": {"weights": {"1": 90.0, "2": 10.0}}}}}
+    bad = {"version": 2, "models": {"fraud": {"versions": versions, "policy": {"weights": {"1": float("nan")}}},
+                                    "other": other}}
+    now = pd.Timestamp.now(tz="UTC")
+    ll.lake.create(HISTORY, HISTORY_COLUMNS).append(pd.DataFrame([
+        {"at": now - pd.Timedelta(seconds=2), "model": "fraud", "action": "traffic", "detail": "{}",
+         "state": json.dumps(good)},
+        {"at": now - pd.Timedelta(seconds=1), "model": "fraud", "action": "traffic", "detail": "{}",
+         "state": json.dumps(bad)},  # json writes NaN: what the old code stored
+        {"at": now, "model": "junk", "action": "traffic", "detail": "{}", "state": "{not json"}]))
+    controller = ServingController(ll.config.to_dict())  # the plain class: what the actor runs at start
+    state = controller.status()
+    assert state["models"]["fraud"]["policy"]["weights"] == {"1": 90.0, "2": 10.0}  # the last valid entry
+    assert state["models"]["other"] == other  # the rest of the newest valid row is kept
+    problems = {p["model"]: p["problem"] for p in state["skipped_history"]}
+    assert "finite" in problems["fraud"] and "not JSON" in problems["junk"], problems
+    alerts = read_events(ll, "fraud", kinds=["alert"])
+    assert len(alerts) == 1 and "serving.traffic" in alerts.iloc[0]["reason"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Mapping
@@ -20,25 +21,32 @@ if TYPE_CHECKING:
 def ray_init_kwargs(config: Config) -> dict:
     """What :meth:`Lakeloop.ensure_ray` passes to ``ray.init`` for this config.
 
-    No address: a fresh local Ray (dashboard on ``ray.dashboard_host``), unless
-    this process runs inside a Ray job, whose ``RAY_ADDRESS`` is then joined.
-    Workers get the config as ``LAKELOOP_*`` variables, so a ``connect()`` inside a
-    task or actor sees the same lake and MLflow store.
+    No address: a fresh local Ray whose node IP is loopback (every socket of it on
+    127.0.0.1; dashboard on ``ray.dashboard_host``), unless this process runs inside a
+    Ray job, whose ``RAY_ADDRESS`` is then joined. Workers get the config as
+    ``LAKELOOP_*`` variables without its secrets (URIs with the password as ``***``),
+    so a ``connect()`` inside a task or actor sees the same lake and MLflow store and
+    reads the secrets from the lake's ``_secrets/`` file (see :mod:`lakeloop.credentials`).
     """
+    import json
+
+    from lakeloop.credentials import is_secret_option, redact_uri
+
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     env = {
         "LAKELOOP_LAKE_ROOT": config.lake.root,
         "LAKELOOP_RAY_NAMESPACE": config.ray.namespace,
     }
-    if config.lake.storage_options:
-        import json
-
-        env["LAKELOOP_LAKE_STORAGE_OPTIONS"] = json.dumps(config.lake.storage_options)
+    plain = {k: v for k, v in config.lake.storage_options.items() if not is_secret_option(k)}
+    if plain:
+        env["LAKELOOP_LAKE_STORAGE_OPTIONS"] = json.dumps(plain)
     if config.mlflow.tracking_uri or not config.lake_is_remote:
-        env["LAKELOOP_MLFLOW_TRACKING_URI"] = config.tracking_uri
-        env["MLFLOW_TRACKING_URI"] = config.tracking_uri
+        shown = redact_uri(config.tracking_uri)
+        env["LAKELOOP_MLFLOW_TRACKING_URI"] = shown
+        if shown == config.tracking_uri:  # MLflow in a worker reads it as is; never with a password in it
+            env["MLFLOW_TRACKING_URI"] = shown
     if config.mlflow.registry_uri:
-        env["LAKELOOP_MLFLOW_REGISTRY_URI"] = config.mlflow.registry_uri
+        env["LAKELOOP_MLFLOW_REGISTRY_URI"] = redact_uri(config.mlflow.registry_uri)
     kwargs: dict[str, Any] = {
         "namespace": config.ray.namespace,
         "runtime_env": {"env_vars": env},
@@ -51,12 +59,171 @@ def ray_init_kwargs(config: Config) -> dict:
             address="local",
             include_dashboard=True,
             dashboard_host=config.ray.dashboard_host,
+            _node_ip_address=LOOPBACK,
         )
         if config.ray.dashboard_port is not None:
             kwargs["dashboard_port"] = config.ray.dashboard_port
         if config.ray.num_cpus is not None:
             kwargs["num_cpus"] = config.ray.num_cpus
     return kwargs
+
+
+LOOPBACK = "127.0.0.1"
+# Ray turns a loopback node IP into the machine's address unless it believes it runs a one-machine
+# Ray (as on Windows/macOS); this documented switch makes it keep 127.0.0.1, and it is inherited by
+# every process of the local Ray (GCS, raylet, agents, workers). `ray start` reads it too.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# how long the raylet waits for its agents (to register, to write their ports): Ray's defaults are too
+# short on a busy machine, where the raylet then aborts and the start fails ("timed out during startup")
+SLOW_START_ENV = {"RAY_agent_register_timeout_ms": "120000", "RAY_raylet_start_wait_time_s": "60"}
+
+
+@contextmanager
+def loopback_node(local: bool = True):
+    """While a local Ray starts: its node IP stays 127.0.0.1, so all its sockets bind loopback."""
+    if not local:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved_env = {k: os.environ.get(k) for k in (SINGLE_MACHINE_ENV, *SLOW_START_ENV)}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    for key, value in SLOW_START_ENV.items():
+        os.environ.setdefault(key, value)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a Ray address (``host:port``, ``ray://host:port``, ``http://host:port``) names this machine's loopback."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def loopback_worker_setup() -> None:
+    """Runs in every worker of a local Ray (``worker_process_setup_hook``): gRPC servers that Ray code binds
+    to all interfaces (Serve replicas' inter-deployment server binds ``[::]:0`` whatever the node IP)
+    bind 127.0.0.1 instead, when this node's IP is loopback. Ray offers no setting for that port."""
+    if os.environ.get(SINGLE_MACHINE_ENV) != "0":
+        return
+    try:
+        from ray._common import tls_utils
+    except ImportError:  # pragma: no cover - Ray moved it: nothing to adjust
+        return
+    original = tls_utils.add_port_to_grpc_server
+    if getattr(original, "_lakeloop_loopback", False):
+        return
+
+    def add_port_on_loopback(server, address):
+        host, _, port = str(address).rpartition(":")
+        if host in ("[::]", "0.0.0.0", ""):
+            address = f"{LOOPBACK}:{port}"
+        return original(server, address)
+
+    add_port_on_loopback._lakeloop_loopback = True
+    tls_utils.add_port_to_grpc_server = add_port_on_loopback
+
+
+def start_local_ray(**kwargs):
+    """``ray.init(address="local", **kwargs)`` on loopback; a failed start frees what it bound.
+
+    Ray's own failure ("The current node timed out during startup", a dashboard that
+    could not start, ...) becomes a :class:`ConnectError` that names the ports and what
+    to do; the processes that start left behind are stopped by PID, so a retry finds
+    the ports free.
+    """
+    import ray
+
+    kwargs = {"address": "local", "_node_ip_address": LOOPBACK, **kwargs}
+    local = kwargs.get("address") == "local"
+    if local:
+        runtime_env = dict(kwargs.get("runtime_env") or {})
+        runtime_env.setdefault("worker_process_setup_hook", "lakeloop.client.loopback_worker_setup")
+        kwargs["runtime_env"] = runtime_env
+    error: BaseException | None = None
+    left = 0
+    for _attempt in range(2):  # a start that timed out on a busy machine is tried once more, from clean
+        before = _descendants()
+        started = time.time()
+        try:
+            with loopback_node(local), _free_agent_port(local):
+                return ray.init(**kwargs)
+        except BaseException as exc:
+            if not local or isinstance(exc, KeyboardInterrupt):
+                raise
+            error = exc
+            left += _clean_failed_start(before, started)
+            if "timed out during startup" not in str(exc):
+                break
+    ports = ", ".join(f"{k.lstrip('_')}={v}" for k, v in sorted(kwargs.items()) if k.endswith("port")) or \
+        "Ray's defaults (dashboard 8265, agent 52365)"
+    raise ConnectError(
+        f"the local Ray did not start ({type(error).__name__}: {_first_line(error)}); ports asked for: {ports}. "
+        f"Stopped {left} process(es) it had started, so its ports are free again. Retry; if it keeps "
+        "failing, the machine may be overloaded (raise RAY_agent_register_timeout_ms / "
+        "RAY_DASHBOARD_STARTUP_TIMEOUT_S), another Ray may hold the port (set ray.dashboard_port, or "
+        "ray.address to attach to it), or see the logs under /tmp/ray/session_latest/logs"
+    ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _descendants() -> set[int]:
+    try:
+        import psutil
+
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except Exception:  # psutil comes with Ray; without it nothing is tracked
+        return set()
+
+
+def _clean_failed_start(before: set[int], started: float) -> int:
+    """``ray.shutdown()``, then stop by PID every process this start left running: new children of this
+    process, and processes of the Ray session it created (orphans that outlived their parent)."""
+    import glob
+    import signal
+
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:
+        pass
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover
+        return 0
+    sessions = [os.path.basename(d) for d in glob.glob(f"/tmp/ray/session_*_{os.getpid()}")
+                if os.path.getmtime(d) >= started - 1]
+    victims = {}
+    for p in psutil.Process().children(recursive=True):
+        if p.pid not in before:
+            victims[p.pid] = p
+    if sessions:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info.get("cmdline") or [])
+            if any(s in cmd for s in sessions):
+                victims.setdefault(p.pid, p)
+    victims.pop(os.getpid(), None)
+    for p in victims.values():
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(victims.values()), timeout=10)
+    return len(victims)
 
 
 AGENT_PORT = 52365  # Ray's fixed default for the dashboard agent, which runs the job server's jobs
@@ -112,6 +279,20 @@ def _free_agent_port(local: bool):
         init.__defaults__ = saved
 
 
+def _redact_text(text: str, uri: str | None) -> str:
+    """``text`` with the full ``uri`` (and its password) replaced by the redacted URI."""
+    from lakeloop.credentials import redact_uri
+
+    shown = redact_uri(uri)
+    if not uri or shown == uri:
+        return text
+    from urllib.parse import urlsplit
+
+    text = text.replace(uri, shown)
+    password = urlsplit(uri).password
+    return text.replace(password, "***") if password else text
+
+
 class Lakeloop:
     """Entry point to the lake, and (as later parts land) features, models and serving.
 
@@ -127,7 +308,9 @@ class Lakeloop:
 
     def _tracking_repr(self) -> str:
         try:
-            return self.config.tracking_uri
+            from lakeloop.credentials import redact_uri
+
+            return redact_uri(self.config.tracking_uri)
         except Exception:  # a remote lake without MLflow configured
             return "<unset>"
 
@@ -136,7 +319,14 @@ class Lakeloop:
         from lakeloop.lake import Lake
 
         if "://" not in self.config.lake.root:
-            os.makedirs(self.config.lake.root, exist_ok=True)
+            try:
+                os.makedirs(self.config.lake.root, exist_ok=True)
+            except OSError as exc:
+                from lakeloop.errors import LakeStorageError
+
+                raise LakeStorageError(
+                    f"cannot create the lake folder {self.config.lake.root} ({exc.strerror or exc}): point "
+                    "lake.root (--lake, LAKELOOP_LAKE_ROOT) at a folder this user can write") from None
         return Lake(self.config.lake.root, self.config.lake.storage_options, ensure_ray=self.ensure_ray)
 
     @cached_property
@@ -151,11 +341,19 @@ class Lakeloop:
         """Ray, initialised on first use from the config (see :func:`ray_init_kwargs`)."""
         import ray
 
+        if not self.__dict__.get("_secrets_kept"):  # before any config goes to an actor or a job
+            self.keep_secrets()
+            self._secrets_kept = True
         if ray.is_initialized():
             return ray
         kwargs = ray_init_kwargs(self.config)
+        if kwargs.get("address") == "local":
+            start_local_ray(**kwargs)
+            return ray
         try:
-            with _free_agent_port(kwargs.get("address") == "local"):
+            # Ray rewrites a loopback address to the machine's IP unless it is told the cluster is one
+            # machine; a Ray on loopback listens only there, so keep the address as given
+            with loopback_node(_is_loopback(str(kwargs.get("address") or ""))):
                 ray.init(**kwargs)
         except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
             raise ConnectError(
@@ -163,6 +361,12 @@ class Lakeloop:
                 "(LAKELOOP_RAY_ADDRESS), that the cluster is up, and RAY_AUTH_MODE=token with its token"
             ) from exc
         return ray
+
+    def keep_secrets(self):
+        """Write this config's secrets to the lake's ``_secrets/config.json`` (0600) for actors and jobs."""
+        from lakeloop.credentials import save
+
+        return save(self.config.to_dict(secrets=True))
 
     @property
     def dashboard_url(self) -> str | None:
@@ -178,9 +382,9 @@ class Lakeloop:
     @cached_property
     def mlflow(self) -> "MlflowClient":
         """An MLflow client on this lake's tracking store and registry (no global state)."""
-        from mlflow.tracking import MlflowClient
+        from lakeloop.credentials import mlflow_client
 
-        return MlflowClient(tracking_uri=self.config.tracking_uri, registry_uri=self.config.registry_uri)
+        return mlflow_client(self.config.tracking_uri, self.config.registry_uri)
 
     def experiment_id(self, name: str | None = None) -> str:
         """The experiment's id, created (artifacts under the lake root) on first use."""
@@ -198,7 +402,9 @@ class Lakeloop:
                 exc, OSError
             ):
                 raise ConnectError(
-                    f"cannot reach the MLflow tracking store at {self.config.tracking_uri}: {exc}"
+                    f"cannot reach the MLflow tracking store at {self._tracking_repr()}: "
+                    f"{_redact_text(str(exc), self.config.tracking_uri)}. Check mlflow.tracking_uri "
+                    "(LAKELOOP_MLFLOW_TRACKING_URI), that the server is up, and its credentials"
                 ) from exc
             raise
 
@@ -223,6 +429,11 @@ class Lakeloop:
         from lakeloop.serving.service import Serving
 
         return Serving(self)
+
+    def status(self, *, events_limit: int = 10):
+        """The platform of this lake on one screen (:func:`lakeloop.status.status`); never starts Ray."""
+        from lakeloop.status import status
+        return status(self, events_limit=events_limit)
 
 
 def connect(config: str | os.PathLike | Mapping[str, Any] | Config | None = None, **overrides: Any) -> Lakeloop:

@@ -34,7 +34,7 @@ DEFAULT_CONFIG_FILE = "lakeloop.yaml"
 @dataclass(frozen=True)
 class LakeConfig:
     root: str = "./lake"
-    storage_options: dict = field(default_factory=dict)
+    storage_options: dict = field(default_factory=dict, repr=False)  # may hold credentials
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ class MlflowConfig:
     tracking_uri: str | None = None
     registry_uri: str | None = None
     experiment: str = "lakeloop"
+
+    def __repr__(self) -> str:  # URIs may carry a password
+        from lakeloop.credentials import redact_uri
+
+        return (f"MlflowConfig(tracking_uri={redact_uri(self.tracking_uri)!r}, "
+                f"registry_uri={redact_uri(self.registry_uri)!r}, experiment={self.experiment!r})")
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,14 @@ class RayConfig:
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    admin_token: str | None = None  # None: generated into <lake>/_serve/admin_token on first start
+    admin_token: str | None = field(default=None, repr=False)  # None: generated into <lake>/_serve/admin_token on first start
+    feedback_token: str | None = field(default=None, repr=False)  # set: POST /v1/feedback needs it as a bearer token
+    feedback_window_s: float = 604800.0  # labels are accepted for predictions answered this long ago (7 days)
     max_rows: int = 1000
     max_bytes: int = 1_000_000
-    replica_cpus: float = 0.25
+    replica_cpus: float = 0.125  # per replica (ingress and model versions)
+    replicas: int = 2  # per served model version: one may die and its requests are retried on another
+    ingress_replicas: int = 1  # 2 keep the endpoint answering through an ingress replica's death
     in_process: bool = False  # the ingress also holds live versions and skips the hop to their deployments
 
 
@@ -70,6 +80,9 @@ class OnlineConfig:
 
     host: str = "127.0.0.1"
     port: int = 6566
+    read_token: str | None = field(default=None, repr=False)  # None: generated into <lake>/_secrets/online_read_token on first start
+    max_entities: int = 1000  # per HTTP lookup
+    max_bytes: int = 1_000_000  # per HTTP request body
 
 
 _SECTIONS = {"lake": LakeConfig, "mlflow": MlflowConfig, "ray": RayConfig, "serve": ServeConfig,
@@ -112,8 +125,18 @@ class Config:
             return None
         return Path(self.lake.root, "mlartifacts").as_uri()
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def to_dict(self, *, secrets: bool = False) -> dict:
+        """Plain data for Ray actors and jobs: without credentials unless ``secrets=True``.
+
+        See :mod:`lakeloop.credentials`: the receiving ``connect()`` reads them back from
+        the lake's ``_secrets/`` file or its own environment.
+        """
+        data = dataclasses.asdict(self)
+        if secrets:
+            return data
+        from lakeloop.credentials import split
+
+        return split(data)[0]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "dict") -> "Config":
@@ -250,7 +273,7 @@ def load_config(
     layers: list[tuple[str, dict]] = []
     base_dir = Path.cwd()
     if isinstance(config, Config):
-        layers.append(("config object", config.to_dict()))
+        layers.append(("config object", config.to_dict(secrets=True)))
     elif isinstance(config, Mapping):
         layers.append(("config mapping", dict(config)))
     else:
@@ -282,4 +305,10 @@ def load_config(
         root = root[len("file://"):]
     if "://" not in root:
         root = str(Path(root).expanduser().resolve())
-    return dataclasses.replace(cfg, lake=dataclasses.replace(cfg.lake, root=root))
+    cfg = dataclasses.replace(cfg, lake=dataclasses.replace(cfg.lake, root=root))
+    from lakeloop.credentials import hydrate, secrets_path
+
+    path = secrets_path(root)
+    if path is not None and path.is_file():  # secrets a driver kept for this lake (lakeloop.credentials)
+        cfg = Config.from_dict(hydrate(cfg.to_dict(secrets=True)), cfg.source)
+    return cfg

@@ -181,3 +181,36 @@ class RetrainError(LakeloopError):
     """A retrain cannot run as asked (bad settings, no champion, nothing to train on)."""
 
     http_status = 400
+
+
+class ServiceUnavailableError(LakeloopError):
+    """A part of serving (a model replica, the inference log writer) is down or full for now: retry later.
+
+    Answered 503 with ``Retry-After: <retry_after_s>``.
+    """
+
+    http_status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 2):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class LakeloopWarning(UserWarning):
+    """Root of the warnings lakeloop emits (something worked, but probably not as you meant)."""
+
+
+class KnownTimeWarning(LakeloopWarning):
+    """Known-time rules left most of a training frame without features (history not declared?)."""
+
+
+class TableDamagedError(LakeloopError):
+    """A table's latest commit is empty or unreadable, or a data file it references is missing."""
+
+    http_status = 409
+
+
+class LakeStorageError(LakeloopError):
+    """The lake's storage refused a write or read: a read-only folder, a full disk, a file-size limit."""
+
+    http_status = 507

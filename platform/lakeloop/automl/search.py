@@ -317,7 +317,10 @@ class AutoML:
                                         max_concurrent_trials=max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=f"automl-{run_id}", storage_path=_storage(self.ll), verbose=0,
                                       callbacks=[tracker], failure_config=tune.FailureConfig(max_failures=0),
-                                      stop=None if budget_s is None else SearchBudget(budget_s=budget_s)),
+                                      stop=None if budget_s is None else SearchBudget(budget_s=budget_s),
+                                      # Tune's own table stays off: in Jupyter its reporter clears the cell's
+                                      # output (our progress bar) and shows an empty table at verbose=0
+                                      progress_reporter=tune.CLIReporter(max_report_frequency=3600)),
         )
         with display, _quiet_tune():
             try:
@@ -395,40 +398,29 @@ def _quiet_tune():
 
 
 class _Progress:
-    """A rich progress line on stderr: trials finished, best validation score, elapsed time."""
+    """Trials finished, best validation score, elapsed time: a bar in a terminal (stderr) or in Jupyter."""
 
     def __init__(self, *, enabled: bool | None, total: int | None, budget_s: float | None, metric: str,
                  greater_is_better: bool):
-        import sys
+        from lakeloop.display import ProgressBar
 
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        budget = f", budget {budget_s:g}s" if budget_s else ""
+        self.bar = ProgressBar(f"AutoML search{budget}", total=total, enabled=enabled)
+        self.enabled = self.bar.enabled
         self.total, self.budget_s, self.metric, self.gib = total, budget_s, metric, greater_is_better
-        self._progress = self._task = None
 
     def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                                       TimeElapsedColumn)
-
-            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                      MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
-                                      transient=False)
-            self._progress.start()
-            budget = f", budget {self.budget_s:g}s" if self.budget_s else ""
-            self._task = self._progress.add_task(f"AutoML search{budget}", total=self.total)
+        self.bar.__enter__()
         return self
 
     def update(self, tracker) -> None:
-        if self._progress is None:
+        if not self.enabled:
             return
         done = [r for r in tracker.records.values() if r.status != "RUNNING"]
         scores = [r.best()[0] for r in done if r.best()[0] is not None]
         best = (max(scores) if self.gib else min(scores)) if scores else None
         text = f"AutoML search: best val {self.metric} {best:.4f}" if best is not None else "AutoML search"
-        self._progress.update(self._task, completed=len(done), description=text)
+        self.bar.update(completed=len(done), description=text)
 
     def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.stop()
-        return False
+        return self.bar.__exit__(*exc)

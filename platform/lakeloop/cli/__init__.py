@@ -34,7 +34,7 @@ def _root(
 
 
 def _register() -> None:
-    from lakeloop.cli import demo, features, lake, models, monitor, serve, ui
+    from lakeloop.cli import demo, features, lake, models, monitor, serve, status, ui
 
     app.add_typer(lake.app, name="lake")
     app.add_typer(features.app, name="features")
@@ -43,23 +43,50 @@ def _register() -> None:
     app.add_typer(monitor.app, name="monitor")
     app.command("demo")(demo.demo)
     app.command("ui")(ui.ui)
+    app.command("status")(status.status)
 
 
 _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a :class:`~lakeloop.errors.LakeloopError` prints its message and exits 2."""
+    """Run the CLI; a :class:`~lakeloop.errors.LakeloopError` prints its message on one line and exits 2.
+
+    Any other error also prints one line (its type and message) and exits 1; ``--traceback``
+    (anywhere on the command line) shows the full traceback instead.
+    """
     from lakeloop.errors import LakeloopError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    traceback = "--traceback" in argv
+    argv = [a for a in argv if a != "--traceback"]
     try:
         app(args=argv, prog_name="lakeloop")  # click's standalone mode handles usage errors
     except LakeloopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if traceback:
+            raise
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         _exit_now(2)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        _exit_now(130)
+    except BaseException as exc:  # a bug or a library's raw error (a Rust panic is a BaseException)
+        if traceback:
+            raise
+        print(f"error: {type(exc).__name__}: {one_line(str(exc))} (unexpected; run again with --traceback "
+              "to see where)", file=sys.stderr)
+        _exit_now(1)
     return 0
+
+
+def one_line(text: str) -> str:
+    """A message on one line, without terminal colour codes."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _exit_now(code: int) -> None:

@@ -21,10 +21,12 @@ def ingest(
     table: str = typer.Option(..., "--table", "-t", help="Target table, layer.name (e.g. raw.transactions)."),
     key: Optional[str] = typer.Option(None, "--key", help="Primary-key column: rows are upserted by it."),
     rules: Optional[str] = typer.Option(None, "--rules", help="YAML rules file (types, not_null, min, max, ...)."),
+    history: Optional[str] = typer.Option(None, "--history", help="Declare the rows history, known at this "
+                                          "timestamp column (a backfill), for known-time training frames."),
     as_json: bool = JSON,
 ):
     """Validate FILE and land it in TABLE; failing rows go to quarantine.<name> with reasons."""
-    result = ctx.obj.connect().lake.ingest(file, table, key=key, rules=rules)
+    result = ctx.obj.connect().lake.ingest(file, table, key=key, rules=rules, history=history)
     if as_json:
         return print_json(result.to_dict())
     c = console()

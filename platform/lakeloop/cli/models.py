@@ -99,12 +99,16 @@ def compare(ctx: typer.Context, name: str,
 @app.command()
 def gate(ctx: typer.Context, name: str, version: str,
          margin: float = typer.Option(0.0, "--margin", help="How much the metric must beat the champion by."),
-         latency_budget_ms: float = typer.Option(50.0, "--latency-budget-ms", help="p95 single-row budget."),
+         latency_budget_ms: Optional[float] = typer.Option(
+             None, "--latency-budget-ms", help="An absolute p95 single-row budget (default: none)."),
+         max_latency_ratio: float = typer.Option(
+             1.5, "--max-latency-ratio", help="p95 at most this many times the champion's, timed interleaved."),
          as_json: bool = JSON):
     """Check VERSION against the champion; it becomes challenger if it passes."""
     from lakeloop.registry import Gate
 
-    verdict = ctx.obj.connect().models.gate(name, version, Gate(margin=margin, latency_budget_ms=latency_budget_ms))
+    verdict = ctx.obj.connect().models.gate(name, version, Gate(margin=margin, latency_budget_ms=latency_budget_ms,
+                                                                max_latency_ratio=max_latency_ratio))
     if as_json:
         return print_json(verdict.to_dict())
     c = console()
@@ -114,7 +118,10 @@ def gate(ctx: typer.Context, name: str, version: str,
         c.print(f"  - {r}")
     c.print(f"  {verdict.metric} {_fmt(verdict.score)} vs champion {_fmt(verdict.champion_version)}: "
             f"{_fmt(verdict.champion_score)} (margin {verdict.margin}); p95 {verdict.p95_ms:.2f} ms "
-            f"(budget {verdict.latency_budget_ms}); schema {verdict.schema}")
+            + (f"({verdict.latency_ratio:.2f}x the champion's {verdict.champion_p95_ms:.2f} ms, at most "
+               f"{verdict.max_latency_ratio:g}x)" if verdict.latency_ratio is not None else "(no champion to time)")
+            + (f" (budget {verdict.latency_budget_ms:g} ms)" if verdict.latency_budget_ms is not None else "")
+            + f"; schema {verdict.schema}")
 
 
 @app.command()
@@ -143,7 +150,8 @@ def rollback(ctx: typer.Context, name: str, as_json: bool = JSON):
 def rebuild(ctx: typer.Context, name: str, version: str,
             register: bool = typer.Option(False, "--register", help="Register the rebuilt model as a new version."),
             margin: float = typer.Option(0.0, "--margin", help="Gate of --register: margin over the champion."),
-            latency_budget_ms: float = typer.Option(50.0, "--latency-budget-ms", help="Gate of --register: p95."),
+            latency_budget_ms: Optional[float] = typer.Option(
+                None, "--latency-budget-ms", help="Gate of --register: an absolute p95 budget (default: none)."),
             as_json: bool = JSON):
     """Re-create the training frame from the lineage, retrain with the recorded params and seed, compare."""
     from lakeloop.registry import Gate

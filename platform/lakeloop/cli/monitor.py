@@ -18,7 +18,8 @@ JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of tab
 def status(ctx: typer.Context, model: str,
            live: bool = typer.Option(False, "--live", help="Also ask the running monitor actor (needs Ray)."),
            as_json: bool = JSON):
-    """Windows, cursor, last p-values and drift flags per served version, live metric, recent events."""
+    """Windows, cursor, last p-values and drift flags per served version, live and estimated metric, bad rows,
+    recent events."""
     from lakeloop import monitoring
 
     info = monitoring.status(ctx.obj.connect(), model, live=live)
@@ -29,10 +30,22 @@ def status(ctx: typer.Context, model: str,
             f"backend={info['backend']}, cursor={info['cursor'] and info['cursor']['read_to']}")
     rows = [{"version": v, "windows": s["windows"], "drift now": s["drift"], "drift windows": s["drift_windows"],
              "drifted": ", ".join(s["drifted"]), "mmd p": (s["mmd"] or {}).get("p_value"),
-             "metric": s["metric"], "value": s["metric_value"]} for v, s in info["versions"].items()]
+             "metric": s["metric"], "value": s["metric_value"], "estimated": _estimated(s),
+             "bad rows": f"{s['bad_rows'] or 0} (total {s['bad_rows_total']})",
+             "failed windows": s["failed_windows"]} for v, s in info["versions"].items()]
     print_table("versions", rows)
     print_table("recent events", [{k: e.get(k) for k in ("time", "kind", "version", "reason")}
                                   for e in info["events"]])
+
+
+def _estimated(version: dict) -> str | None:
+    """The label-free estimate of the monitor's metric, with its spread; or why there is none."""
+    est = version.get("estimate") or {}
+    value = version.get("estimated_value")
+    if value is None:
+        return f"- ({est['error'][:60]})" if est.get("error") else None
+    sd = est.get("accuracy_sd") if version.get("metric") == "accuracy" else None
+    return f"{value:.4f}" + (f" ± {sd:.3f}" if sd else "")
 
 
 @app.command()
@@ -58,6 +71,9 @@ def start(
     consecutive: int = typer.Option(3, "--consecutive", help="Retrain after drift in this many windows in a row."),
     metric_drop: Optional[float] = typer.Option(None, "--metric-drop",
                                                 help="...or when the live metric drops this much."),
+    estimated_drop: Optional[float] = typer.Option(None, "--estimated-drop",
+                                                   help="...or when the metric estimated without labels (CBPE/DLE) "
+                                                        "drops this much below the holdout score."),
     cooldown_s: float = typer.Option(3600.0, "--cooldown-s", help="Seconds between two retrains."),
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Submit jobs/retrain.py when the policy fires."),
     retrain_json: str = typer.Option("{}", "--retrain-json", help='Retrain settings, e.g. \'{"canary_percent": 20}\'.'),
@@ -80,7 +96,8 @@ def start(
         raise LakeloopError(f"--retrain-json is not valid JSON: {exc}") from exc
     if not isinstance(spec, dict):
         raise LakeloopError("--retrain-json must be a JSON object of retrain settings")
-    policy = monitoring.Policy(consecutive=consecutive, metric_drop=metric_drop, cooldown_s=cooldown_s)
+    policy = monitoring.Policy(consecutive=consecutive, metric_drop=metric_drop, estimated_drop=estimated_drop,
+                               cooldown_s=cooldown_s)
     trigger = None
     if retrain:
         from lakeloop.retrain import JobTrigger

@@ -11,11 +11,30 @@ def ui_command(ll, host: str, port: int, workers: int) -> list[str]:
     """The ``mlflow ui`` command line for this lake (runs and models, artifacts where the runs logged them)."""
     import sys
 
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ll.config.tracking_uri,
-           "--host", host, "--port", str(port), "--workers", str(workers)]
-    if ll.config.registry_uri and ll.config.registry_uri != ll.config.tracking_uri:
-        cmd += ["--registry-store-uri", ll.config.registry_uri]
+    from lakeloop.credentials import redact_uri
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", str(workers)]
+    if redact_uri(ll.config.tracking_uri) == ll.config.tracking_uri:  # one with a password goes by env (ui_env)
+        cmd += ["--backend-store-uri", ll.config.tracking_uri]
+    registry = ll.config.registry_uri
+    if registry and registry != ll.config.tracking_uri and redact_uri(registry) == registry:
+        cmd += ["--registry-store-uri", registry]
     return cmd
+
+
+def ui_env(ll) -> dict:
+    """The environment for ``mlflow ui``: store URIs that carry a password go here, never on its command line."""
+    import os
+
+    from lakeloop.credentials import redact_uri
+
+    env = dict(os.environ)
+    tracking, registry = ll.config.tracking_uri, ll.config.registry_uri
+    if redact_uri(tracking) != tracking:
+        env["MLFLOW_BACKEND_STORE_URI"] = tracking
+    if registry and registry != tracking and redact_uri(registry) != registry:
+        env["MLFLOW_REGISTRY_STORE_URI"] = registry
+    return env
 
 
 def ui(
@@ -35,10 +54,10 @@ def ui(
     cmd = ui_command(ll, host, port, workers)
     url = f"http://{host}:{port}"
     if dry_run:
-        info = {"url": url, "command": cmd, "tracking_uri": ll.config.tracking_uri}
+        info = {"url": url, "command": cmd, "tracking_uri": ll._tracking_repr()}
         return print_json(info) if as_json else console().print(f"{url}\n{' '.join(cmd)}")
-    console().print(f"MLflow UI for {ll.config.tracking_uri} at {url} (Ctrl-C stops it)")
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    console().print(f"MLflow UI for {ll._tracking_repr()} at {url} (Ctrl-C stops it)")
+    proc = subprocess.Popen(cmd, start_new_session=True, env=ui_env(ll))
 
     def _stop(signum, frame):  # SIGTERM stops it as Ctrl-C does (and a background job ignores SIGINT)
         raise KeyboardInterrupt

@@ -25,8 +25,10 @@ class TrainingFrame:
           "views": {"customer_stats": {"view_version": 2, "definition_hash": "...",
                                         "table": "features.customer_stats", "table_version": 7,
                                         "source": "raw.transactions", "source_version": 5,
+                                        "history_versions": [1],   # declared history (if any)
                                         "features": ["txn_count_1d", ...]}},
           "known_time": true,
+          "snapshot": {"features.customer_stats": 7, "raw.labels": 3},  # every table read, pinned
         }
     """
 
@@ -51,3 +53,11 @@ class TrainingFrame:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __repr__(self) -> str:  # rendering: lakeloop.display
+        from lakeloop import display
+        return display.frame_text(self)
+
+    def _repr_html_(self) -> str:
+        from lakeloop import display
+        return display.frame_html(self)

@@ -20,7 +20,7 @@ from lakeloop.features import materialize as mat
 from lakeloop.features.catalog import Catalog
 from lakeloop.features.definitions import FeatureView, load_definitions
 from lakeloop.features.frame import TrainingFrame
-from lakeloop.features.pit import KNOWN_AT, FeatureIndex
+from lakeloop.features.pit import KNOWN_AT, KNOWN_UNTIL, FeatureIndex
 from lakeloop.lake.schema import TableSchema
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMESTAMP = "event_timestamp"
 RAY_ENGINE_ROWS = 5_000_000  # entity rows from which training_frame joins on Ray Data by default
+KNOWN_TIME_WARN_SHARE = 0.5  # training_frame warns when known time nulls more rows than this share
+_LOST = "__lakeloop_known_time_lost"
 
 
 class FeatureStore:
@@ -121,20 +123,40 @@ class FeatureStore:
         return info
 
     # -- materialization ------------------------------------------------------------
-    def materialize(self, name: str, *, full: bool = False, refresh_online: bool = True) -> mat.MaterializeResult:
+    def materialize(self, name: str, *, full: bool = False, refresh_online: bool = True,
+                    source_version: int | None = None, engine: str = "ray") -> mat.MaterializeResult:
         """Bring ``features.<name>`` up to the source's latest version (incremental when it can).
 
         Runs on Ray Data. A second run on an unchanged source is a no-op. With
         ``refresh_online`` the online store (if running) picks up the new values.
+        ``source_version`` pins the source version to compute from (a job that
+        reads several tables at one snapshot); a view already past it is left as it is.
+        ``engine="local"`` computes in this process instead of on Ray Data (small sources).
         """
-        result, changed = self._materialize(name, full=full)
+        if engine not in ("ray", "local"):
+            raise ValueError(f"engine must be ray or local, not {engine!r}")
+        self._engine = engine
+        result, changed = self._materialize(name, full=full, pinned=source_version)
         if refresh_online and result.mode != "noop":
             from lakeloop.features import online
 
             online.notify(self.ll, name, changed)
         return result
 
-    def _materialize(self, name: str, *, full: bool):
+    def materialize_many(self, names: Sequence[str], *, refresh_online: bool = True, engine: str = "ray"
+                         ) -> dict[str, mat.MaterializeResult]:
+        """Materialize several views from one pinned version of each source table (a consistent snapshot)."""
+        pinned: dict[str, int] = {}
+        out = {}
+        for name in names:
+            source = self.view(name).source
+            if source not in pinned:
+                pinned[source] = self.lake.table(source).version()
+            out[name] = self.materialize(name, refresh_online=refresh_online, source_version=pinned[source],
+                                         engine=engine)
+        return out
+
+    def _materialize(self, name: str, *, full: bool, pinned: int | None = None):
         import pandas as pd
 
         started = pd.Timestamp(mat.now_utc())
@@ -142,7 +164,7 @@ class FeatureStore:
         view = self.view(name)
         row = self.catalog.version(name)
         source = self.lake.table(view.source)
-        source_version = source.version()
+        source_version = source.version() if pinned is None else int(pinned)
         target = self.lake.table(view.table)
         last = self.catalog.last_run(name, view.definition_hash)
         schema = TableSchema.build(mat.feature_schema(view, source.schema))
@@ -152,11 +174,12 @@ class FeatureStore:
 
         changed = None
         entities = None
-        if prev is not None and prev == source_version:
-            mode, table_version, written = "noop", target.version(), 0
+        if prev is not None and prev >= source_version:
+            # unchanged source, or already past the pinned version: nothing to do
+            mode, table_version, written, source_version = "noop", target.version(), 0, prev
         elif prev is None:
             rows = mat.read_source(source, source_version)
-            computed = mat.compute_on_ray(view, rows, self.lake)
+            computed = self._compute(view, rows)
             arrow = mat.to_feature_arrow(view, computed, schema)
             self.lake.create(view.table, schema, exist_ok=True,
                              description=f"features of view {name} (materialized from {view.source})")
@@ -182,6 +205,11 @@ class FeatureStore:
         })
         return result, changed
 
+    def _compute(self, view, rows):
+        if getattr(self, "_engine", "ray") == "local":
+            return mat.compute(view, rows)
+        return mat.compute_on_ray(view, rows, self.lake)
+
     def _incremental(self, view, source, prev: int, version: int, target, schema):
         import pandas as pd
         from deltalake import write_deltalake
@@ -192,9 +220,8 @@ class FeatureStore:
             return target.version(), 0, 0, changes
         append_only = changes["_change_type"].eq("insert").all() and not view.aggregations
         if append_only:
-            rows = changes.drop(columns=["_change_type", "_commit_version"]).rename(
-                columns={"_commit_timestamp": KNOWN_AT})
-            computed = mat.compute_on_ray(view, rows, self.lake)
+            rows = mat.row_versions(changes, mat.history_commits(source, version))
+            computed = self._compute(view, rows)
             arrow = mat.to_feature_arrow(view, computed, schema)
             return target.append(arrow).version, arrow.num_rows, int(computed[keys].drop_duplicates().shape[0]), computed
         # recompute the affected entities from their earliest changed event minus the longest window
@@ -206,7 +233,7 @@ class FeatureStore:
         history = mat.read_source(source, version, predicate=f"`{ts}` >= '{_iso(window_start)}'")
         history = history[history[ts] >= window_start]
         history = history.merge(affected, on=keys, how="inner")
-        computed = mat.compute_on_ray(view, history, self.lake)
+        computed = self._compute(view, history)
         computed = computed[computed[ts] >= since]
         arrow = mat.to_feature_arrow(view, computed, schema)
         predicate = _replace_predicate(affected, keys, ts, since)
@@ -239,8 +266,12 @@ class FeatureStore:
         ``entities_version``). ``features`` are refs ``"view:feature"`` or
         ``"view:*"``. A row gets, per view, the newest feature row whose event
         time is at or before its timestamp and within the view's ttl; with
-        ``known_time`` (default) also committed to the lake at or before it, so
-        a backfill cannot leak into the past. Returns a :class:`TrainingFrame`
+        ``known_time`` (default) the version the lake held at that timestamp
+        (what the view computed from the source as of then gives), so deletes,
+        upserts and backfills committed later cannot leak into the past; a
+        :class:`~lakeloop.errors.KnownTimeWarning` says when that empties most
+        rows (undeclared history). Tables are read at one pinned set of versions
+        (:meth:`snapshot`, in the lineage). Returns a :class:`TrainingFrame`
         (``format="frame"``), or ``"pandas"``, ``"arrow"``, ``"ray"`` (a Ray
         Dataset, joined block by block and never gathered on the driver).
         ``engine="ray"`` runs the join on Ray Data blocks (the default for
@@ -251,11 +282,13 @@ class FeatureStore:
         """
         import pandas as pd
 
+        by_view = _parse_refs(features)
+        snap = self.snapshot(list(by_view), entities if isinstance(entities, str) else None,
+                             feature_versions=feature_versions, entities_version=entities_version)
         entity_lineage: dict[str, Any]
         if isinstance(entities, str):
-            table = self.lake.table(entities)
-            version = table.version() if entities_version is None else entities_version
-            entity_df = table.to_pandas(version=version)
+            version = snap["entities_version"]
+            entity_df = self.lake.table(entities).to_pandas(version=version)
             entity_lineage = {"table": entities, "version": version}
         else:
             entity_df = entities.reset_index(drop=True)
@@ -273,7 +306,6 @@ class FeatureStore:
             entity_lineage["since"] = cutoff.isoformat()
         query = pa.Table.from_pandas(entity_df, preserve_index=False)
 
-        by_view = _parse_refs(features)
         plans = []  # per view: its feature index and which columns it adds under which names
         views_lineage = {}
         all_features: list[str] = list(query.column_names)
@@ -289,11 +321,13 @@ class FeatureStore:
             if unknown:
                 raise DefinitionError(f"view {name!r} has no feature(s) {unknown}; it has {view.feature_names}")
             table = self.lake.table(view.table)
-            if not table.exists():
-                raise NotMaterializedError(f"feature view {name!r} is not materialized yet; run "
-                                           f"lakeloop features materialize {name}")
-            version = (feature_versions or {}).get(name, table.version())
-            feats = table.to_arrow(version=version, columns=view.join_keys + [view.timestamp_field, KNOWN_AT] + cols)
+            pin = snap["views"][name]
+            version = pin["table_version"]
+            stored = table._delta(version).schema().to_arrow()
+            stored_names = [f.name for f in stored]
+            extra = [KNOWN_UNTIL] if KNOWN_UNTIL in stored_names else []
+            feats = table.to_arrow(version=version,
+                                   columns=view.join_keys + [view.timestamp_field, KNOWN_AT] + extra + cols)
             names = {c: f"{name}__{c}" if full_feature_names else c for c in cols}
             for out in names.values():
                 if out in all_features:
@@ -301,32 +335,35 @@ class FeatureStore:
                 all_features.append(out)
             ttl = view.ttl_delta
             plans.append({"index": FeatureIndex(feats, keys=view.join_keys, ts=view.timestamp_field, columns=cols,
-                                                presorted=True),
+                                                presorted=True, known_time=known_time),
                           "names": names, "ttl_us": None if ttl is None else int(ttl.total_seconds() * 1_000_000)})
-            run = self.catalog.runs(name)
-            run = run[run["table_version"] <= version] if len(run) else run
             row = self.catalog.version(name)
             views_lineage[name] = {
                 "view_version": int(row["version"]), "definition_hash": view.definition_hash,
                 "table": view.table, "table_version": int(version), "source": view.source,
-                "source_version": int(run.iloc[-1]["source_version"]) if len(run) else None,
-                "features": list(cols),
+                "source_version": pin["source_version"], "features": list(cols),
             }
+            if pin.get("history_versions"):
+                views_lineage[name]["history_versions"] = pin["history_versions"]
         all_features = all_features[query.num_columns:]
         lineage = {"entities": entity_lineage, "timestamp_column": ts_col, "views": views_lineage,
                    "known_time": known_time, "full_feature_names": full_feature_names,
-                   "feature_refs": list(features)}
+                   "feature_refs": list(features), "snapshot": snap["tables"]}
         if engine == "auto":
             engine = "ray" if format == "ray" or query.num_rows >= RAY_ENGINE_ROWS else "local"
         if engine == "ray":
             ds = self._join_on_ray(query, plans, ts_col, known_time)
             if format == "ray":
-                return ds
+                return ds.drop_columns([_LOST]) if known_time else ds
             arrow = pa.concat_tables(ray_blocks(ds)) if query.num_rows else _join(query, plans, ts_col, known_time)
         elif engine == "local":
             arrow = _join(query, plans, ts_col, known_time)
         else:
             raise ValueError(f"engine must be auto, local or ray, not {engine!r}")
+        if known_time:
+            lost = arrow.column(_LOST)
+            arrow = arrow.drop_columns([_LOST])
+            _warn_if_mostly_unknown(int(pc.sum(lost).as_py() or 0), arrow.num_rows, views_lineage)
         if format == "arrow":
             return arrow
         frame = TrainingFrame(arrow.to_pandas(), all_features, entity_keys, ts_col, lineage)
@@ -335,6 +372,43 @@ class FeatureStore:
         if format == "ray":
             return frame.to_ray()
         return frame
+
+    def snapshot(self, views: Sequence[str], entities: str | None = None, *,
+                 feature_versions: dict[str, int] | None = None, entities_version: int | None = None) -> dict:
+        """One pinned set of versions for a job that reads several tables.
+
+        Each view's feature table at ``feature_versions`` (default: its latest
+        version, read once), the source version it was computed from, and the
+        entity table: at ``entities_version``, else, when it is the source of
+        some of the views, at the oldest source version those views were
+        computed from (so every entity row has its features), else its latest.
+        """
+        out: dict[str, Any] = {"views": {}, "tables": {}}
+        for name in views:
+            view = self.view(name)
+            table = self.lake.table(view.table)
+            if not table.exists():
+                raise NotMaterializedError(f"feature view {name!r} is not materialized yet; run "
+                                           f"lakeloop features materialize {name}")
+            version = int((feature_versions or {}).get(name, table.version()))
+            runs = self.catalog.runs(name)
+            runs = runs[runs["table_version"] <= version] if len(runs) else runs
+            source_version = int(runs.iloc[-1]["source_version"]) if len(runs) else None
+            pin = {"table_version": version, "source": view.source, "source_version": source_version}
+            if source_version is not None:
+                declared = mat.history_commits(self.lake.table(view.source), source_version)
+                if declared:
+                    pin["history_versions"] = sorted(declared)
+            out["views"][name] = pin
+            out["tables"][view.table] = version
+        if entities is not None:
+            if entities_version is None:
+                sources = [p["source_version"] for p in out["views"].values()
+                           if p["source"] == entities and p["source_version"] is not None]
+                entities_version = min(sources) if sources else self.lake.table(entities).version()
+            out["entities_version"] = int(entities_version)
+            out["tables"][entities] = int(entities_version)
+        return out
 
     def _join_on_ray(self, query: pa.Table, plans: list[dict], ts_col: str, known_time: bool):
         """The join on Ray Data: feature indexes go to the object store once; query blocks run as tasks."""
@@ -409,17 +483,45 @@ class FeatureStore:
 
 
 def _join(block: pa.Table, plans: list[dict], ts_col: str, known_time: bool) -> pa.Table:
-    """One block of entity rows with every view's feature columns appended."""
+    """One block of entity rows with every view's feature columns appended.
+
+    With known time, a last column flags rows that lost a view's features to it
+    (an event-time join would have filled them).
+    """
+    import numpy as np
+
+    lost = np.zeros(block.num_rows, bool)
     for plan in plans:
         index = plan["index"]
         if not isinstance(index, FeatureIndex):  # an object-store reference, on a Ray worker
             import ray
 
             index = ray.get(index)
-        got = index.lookup(block, query_ts=ts_col, ttl_us=plan["ttl_us"], known_time=known_time)
+        got = index.lookup(block, query_ts=ts_col, ttl_us=plan["ttl_us"], known_time=known_time, lost=lost)
         for col, out in plan["names"].items():
             block = block.append_column(out, got[col])
+    if known_time:
+        block = block.append_column(_LOST, pa.array(lost))
     return block
+
+
+def _warn_if_mostly_unknown(lost: int, rows: int, views: dict) -> None:
+    import warnings
+
+    from lakeloop.errors import KnownTimeWarning
+
+    if not rows or lost / rows <= KNOWN_TIME_WARN_SHARE:
+        return
+    declared = any(v.get("history_versions") for v in views.values())
+    warnings.warn(KnownTimeWarning(
+        f"known_time=True left {lost / rows:.0%} of the frame's rows ({lost} of {rows}) without features "
+        f"that an event-time join fills: the lake got those feature rows only after the rows' timestamps "
+        f"(they were committed later than the events they describe). "
+        + ("Part of the source is declared history, but not these rows. " if declared else "")
+        + "If the source rows are genuine history, declare it when writing them "
+          "(ingest(..., history='event_time') or append(..., history='event_time')); "
+          "known_time=False ignores commit times altogether (and lets later commits leak into the past)."),
+        stacklevel=3)
 
 
 def ray_blocks(ds) -> list[pa.Table]:

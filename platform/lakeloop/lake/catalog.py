@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from lakeloop.lake.profile import Profile
 
 _PART = r"[A-Za-z][A-Za-z0-9_]{0,127}"
-NAME_RE = re.compile(rf"^{_PART}\.{_PART}$")
+NAME_RE = re.compile(rf"{_PART}\.{_PART}")  # always with fullmatch: "$" would let "raw.x\n" through
 
 
 def _detail(exc: Exception) -> str:
@@ -28,7 +28,7 @@ def _detail(exc: Exception) -> str:
 
 def check_table_name(name: str) -> tuple[str, str]:
     """Split ``layer.name``; anything else (paths, dots, ``..``) is a :class:`TableNameError`."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise TableNameError(
             f"table name {name!r} is not a plain 'layer.name' (letters, digits and '_', starting "
             "with a letter, e.g. raw.transactions); paths are not table names"
@@ -71,7 +71,9 @@ class Lake:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            from lakeloop.client import start_local_ray
+
+            start_local_ray(include_dashboard=False, log_to_driver=False)
         return ray
 
     def table_uri(self, name: str) -> str:
@@ -88,7 +90,7 @@ class Lake:
         for layer, names in self._listing().items():
             for name in names:
                 full = f"{layer}.{name}"
-                if NAME_RE.match(full):
+                if NAME_RE.fullmatch(full):
                     found.append(full)
         return sorted(found)
 
@@ -128,8 +130,6 @@ class Lake:
         change_data_feed: bool = True,
     ) -> Table:
         """Create an empty table (version 0) with a typed schema and an optional primary key."""
-        from deltalake import DeltaTable
-
         if not isinstance(schema, TableSchema):
             schema = TableSchema.build(schema, primary_key=primary_key, partition_by=partition_by)
         table = self.table(name)
@@ -140,6 +140,25 @@ class Lake:
         config = {SPEC_KEY: schema.to_json()}
         if change_data_feed:
             config["delta.enableChangeDataFeed"] = "true"
+        try:
+            self._create(table, schema, name, description, config, exist_ok)
+        except TableExistsError:
+            raise
+        except BaseException as exc:
+            from lakeloop.lake.table import _is_panic, _is_storage_failure, storage_error
+
+            if not (_is_panic(exc) or isinstance(exc, OSError) or (
+                    isinstance(exc, Exception) and _is_storage_failure(exc))):
+                raise
+            if not self.is_local:
+                raise self.unreachable(exc) from exc
+            raise storage_error(exc, "create", name, table.uri) from None
+        return table
+
+    def _create(self, table: Table, schema: TableSchema, name: str, description: str | None, config: dict,
+                exist_ok: bool) -> None:
+        from deltalake import DeltaTable
+
         DeltaTable.create(
             table.uri,
             schema.to_arrow(),
@@ -151,7 +170,6 @@ class Lake:
             storage_options=self.storage_options or None,
             raise_if_key_not_exists=False,
         )
-        return table
 
     def write(self, name: str, data: Any, *, mode: str = "append", key=None,
               batch_id: str | None = None) -> WriteResult:
@@ -170,11 +188,15 @@ class Lake:
         raise ValueError(f"mode must be append, overwrite or upsert, not {mode!r}")
 
     def ingest(self, path: str | os.PathLike, table: str, *, key: str | None = None,
-               rules: str | os.PathLike | Mapping | None = None) -> "IngestResult":
-        """Validate a file and land it: passing rows to ``table``, failing ones to quarantine."""
+               rules: str | os.PathLike | Mapping | None = None, history: str | None = None) -> "IngestResult":
+        """Validate a file and land it: passing rows to ``table``, failing ones to quarantine.
+
+        ``history="event_time"`` declares the rows genuine history, known at that
+        column's time (a backfill); known-time training frames then use them.
+        """
         from lakeloop.lake.ingest import ingest_file
 
-        return ingest_file(self, path, table, key=key, rules=rules)
+        return ingest_file(self, path, table, key=key, rules=rules, history=history)
 
     def profile(self, name: str, version: int | None = None, out_dir: str | None = None) -> "Profile":
         """Per-column statistics and histogram PNGs for one version of a table."""

@@ -9,7 +9,7 @@ rule and a reason; the rest lands. Both writes share one batch id.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -42,9 +42,19 @@ class IngestResult:
     quarantine_table: str
     quarantine_version: int | None
     mode: str
+    by_rule: dict = field(default_factory=dict)  # rule -> quarantined rows it caught
+    history: str | None = None  # the rows were declared history, known at this column's time
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def __repr__(self) -> str:  # rendering: lakeloop.display
+        from lakeloop import display
+        return display.ingest_text(self)
+
+    def _repr_html_(self) -> str:
+        from lakeloop import display
+        return display.ingest_html(self)
 
 
 def read_file(path: str | os.PathLike) -> tuple[pa.Table, bool]:
@@ -206,7 +216,8 @@ def _csv_cell(v: str) -> str:
 
 
 def ingest_file(lake: "Lake", path, table: str, *, key: str | None = None,
-                rules: str | os.PathLike | Mapping | Rules | None = None) -> IngestResult:
+                rules: str | os.PathLike | Mapping | Rules | None = None, history: str | None = None) -> IngestResult:
+    """Land ``path`` in ``table``; ``history`` names the timestamp column the rows were known at (a backfill)."""
     import pandas as pd
 
     lake.table_uri(table)  # reject a bad name before reading anything
@@ -214,6 +225,10 @@ def ingest_file(lake: "Lake", path, table: str, *, key: str | None = None,
     data, is_text = read_file(path)
     schema, exists = _target_schema(lake, table, data, is_text, rules, key)
     key = key or rules.primary_key or (",".join(schema.primary_key) or None)
+    if history is not None and (history not in schema.names or schema.column(history).type != "timestamp"):
+        stamps = [c.name for c in schema.columns if c.type == "timestamp"]
+        raise SchemaError(f"history={history!r} must name a timestamp column of table {table} (the time each row "
+                          f"was known at); its timestamp columns are {stamps or 'none'}; nothing was written")
 
     # Schema-level checks: the whole file is refused, nothing is written.
     unexpected = [n for n in data.column_names if n not in schema.names]
@@ -297,8 +312,10 @@ def ingest_file(lake: "Lake", path, table: str, *, key: str | None = None,
         arrow = pa.Table.from_pandas(good.reset_index(drop=True), preserve_index=False,
                                      schema=pa.schema([schema.to_arrow().field(c) for c in good.columns]))
         if key:
-            version = target.upsert(arrow, key=key, batch_id=batch_id).version
+            version = target.upsert(arrow, key=key, batch_id=batch_id, history=history).version
         else:
-            version = target.append(arrow, batch_id=batch_id).version
+            version = target.append(arrow, batch_id=batch_id, history=history).version
     return IngestResult(table, batch_id, len(good), len(bad_rows), version, quarantine_name,
-                        quarantine_version, mode)
+                        quarantine_version, mode,
+                        {str(r): int(n) for r, n in failures.groupby("rule")["row"].nunique().items()},
+                        history)

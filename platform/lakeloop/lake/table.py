@@ -7,7 +7,10 @@ with backoff; each write returns the version it made.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,7 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeloop.errors import (
+    LakeStorageError,
     SchemaError,
+    TableDamagedError,
     TableNotFoundError,
     VersionNotFoundError,
     WriteConflictError,
@@ -33,6 +38,33 @@ if TYPE_CHECKING:
 
 WRITE_ATTEMPTS = 12
 BATCH_ID_KEY = "lakeloop.batch_id"
+HISTORY_KEY = "lakeloop.history_column"  # commit metadata: rows known at this event-time column (a backfill)
+# writes that build on the current files; overwrite and restore replace them, so they may repair a table
+BUILDS_ON_FILES = ("append", "upsert", "delete", "optimize")
+_COMMIT_NAME = re.compile(r"(\d{20})\.json")
+
+
+def storage_error(exc: BaseException, action: str, table: str, where: str) -> LakeStorageError:
+    """A delta-rs / object-store / Rust panic failure of the lake's storage, as a lakeloop error with a fix."""
+    from lakeloop.lake.catalog import _detail
+
+    detail = _detail(exc) if str(exc).strip() else type(exc).__name__
+    text = f"{exc} {detail}".lower()
+    if any(s in text for s in ("permission denied", "permissiondenied", "read-only file system", "os error 13",
+                               "os error 30", "code: 13", "code: 30", "operation not permitted")):
+        fix = ("the lake folder is not writable by this user: fix its permissions, mount it read-write, "
+               "or point lake.root at a writable folder")
+    elif any(s in text for s in ("no space left", "os error 28", "code: 28", "file too large", "os error 27",
+                                 "code: 27", "quota", "os error 122")):
+        fix = ("the disk is full (or a file-size limit was hit): free space or move lake.root; the table "
+               "stays at its previous version")
+    else:
+        fix = "check lake.root and lake.storage_options; the table stays at its previous version"
+    return LakeStorageError(f"cannot {action} table {table} at {where}: {detail}. {fix}")
+
+
+def _is_panic(exc: BaseException) -> bool:
+    return type(exc).__name__ == "PanicException"
 
 
 @dataclass(frozen=True)
@@ -96,14 +128,87 @@ class Table:
         except OSError as exc:
             raise self.lake.unreachable(exc) from exc
 
-    def _delta(self, version: int | None = None) -> "DeltaTable":
+    def _local_path(self) -> str | None:
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            return None
+        return self.uri[len("file://"):] if self.uri.startswith("file://") else self.uri
+
+    def check_commit(self, version: int | None = None) -> None:
+        """A local table's commit ``version`` (default: the latest) must be a readable, non-empty JSON log entry.
+
+        delta-rs takes an empty commit file for an empty commit: the version counts, its rows are
+        gone, and the next write would build on it. This makes that a :class:`TableDamagedError`.
+        """
+        path = self._local_path()
+        if path is None:
+            return
+        log = os.path.join(path, "_delta_log")
+        if version is None:
+            try:
+                names = os.listdir(log)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            except OSError as exc:
+                raise storage_error(exc, "read", self.name, log) from None
+            found = [int(m.group(1)) for m in map(_COMMIT_NAME.fullmatch, names) if m]
+            if not found:
+                return
+            version = max(found)
+        commit = os.path.join(log, f"{version:020d}.json")
+        try:
+            with open(commit, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            return  # before the log's retention, or not committed: delta-rs answers for those
+        except OSError as exc:
+            raise self._damaged(version, commit, f"it cannot be read ({exc.strerror or exc})") from None
+        problem = None
+        if not raw.strip():
+            problem = "it is empty (zero bytes)" if not raw else "it holds no actions"
+        else:
+            try:
+                for line in raw.decode("utf-8").splitlines():
+                    if line.strip() and not isinstance(json.loads(line), dict):
+                        raise ValueError("a line is not a JSON object")
+            except (UnicodeDecodeError, ValueError) as exc:
+                problem = f"it is not valid JSON ({exc})"
+        if problem:
+            raise self._damaged(version, commit, problem)
+
+    def _damaged(self, version: int, commit: str, problem: str) -> TableDamagedError:
+        return TableDamagedError(
+            f"table {self.name} is damaged: its commit {version} ({commit}) {problem}, so version {version} "
+            f"cannot be trusted and nothing is read from or written on top of it. Fix: restore the last good "
+            f"version (ll.lake.table({self.name!r}).restore({max(version - 1, 0)}), or `lakeloop lake restore "
+            f"{self.name} --version {max(version - 1, 0)}`), or move that file aside if the commit never finished")
+
+    def check_files(self, dt: "DeltaTable | None" = None) -> None:
+        """Every data file the version references must exist (local lakes); else :class:`TableDamagedError`."""
+        path = self._local_path()
+        if path is None:
+            return
+        dt = dt if dt is not None else self._delta()
+        for uri in dt.file_uris():
+            local = uri[len("file://"):] if uri.startswith("file://") else uri
+            if "://" not in local and not os.path.exists(local):
+                raise TableDamagedError(
+                    f"table {self.name} is damaged: version {dt.version()} references the data file {local}, "
+                    "which is missing, so its rows cannot be read and nothing is appended on top of it. Fix: "
+                    "put the file back from a backup, or restore a version whose files exist "
+                    f"(ll.lake.table({self.name!r}).restore(N); see its history), or overwrite the table")
+
+    def _delta(self, version: int | None = None, *, check: bool = True) -> "DeltaTable":
         from deltalake import DeltaTable
         from deltalake.exceptions import DeltaError
         from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
+        if check:
+            self.check_commit(version)
         try:
             return DeltaTable(self.uri, version=version, storage_options=self.lake.storage_options)
         except OSError as exc:
+            if self.lake.is_local:
+                raise storage_error(exc, "open", self.name, self.uri) from exc
             raise self.lake.unreachable(exc) from exc
         except DeltaTableNotFound as exc:
             raise TableNotFoundError(
@@ -112,7 +217,10 @@ class Table:
             ) from exc
         except DeltaError as exc:
             if version is None:
-                raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise TableDamagedError(
+                    f"table {self.name} at {self.uri} cannot be loaded: {first}. Its log (_delta_log) is damaged: "
+                    "move the broken newest commit file aside, or restore a good version (see its history)") from None
             latest = self.version()
             raise VersionNotFoundError(
                 f"table {self.name} has no version {version}; its versions are 0..{latest}"
@@ -135,9 +243,12 @@ class Table:
         return self._delta().metadata().description or ""
 
     def history(self, limit: int | None = None) -> list[dict]:
-        """Commits newest first: version, UTC timestamp, operation, rows added, batch id."""
+        """Commits newest first: version, UTC timestamp, operation, rows added, batch id.
+
+        It works on a damaged table too, to find the version to restore.
+        """
         rows = []
-        for h in self._delta().history(limit):
+        for h in self._delta(check=False).history(limit):
             metrics = h.get("operationMetrics") or {}
             rows.append(
                 {
@@ -149,6 +260,7 @@ class Table:
                     "rows_updated": metrics.get("num_target_rows_updated"),
                     "batch_id": h.get(BATCH_ID_KEY),
                     "lakeloop_operation": h.get("lakeloop.operation"),
+                    "history_column": h.get(HISTORY_KEY),
                 }
             )
         return rows
@@ -186,7 +298,10 @@ class Table:
         limit: int | None = None,
     ) -> pa.Table:
         """The table (latest, at ``version``, or as of a time) as Arrow."""
-        dt = self._delta(self._resolve(version, as_of))
+        resolved = self._resolve(version, as_of)
+        dt = self._delta(resolved)
+        if resolved is None:  # the latest version's files must all be there (older ones may be vacuumed)
+            self.check_files(dt)
         try:
             if limit is not None and filters is None:  # stop reading once there are enough rows
                 return dt.to_pyarrow_dataset().head(limit, columns=columns)
@@ -247,7 +362,7 @@ class Table:
     # -- writes --------------------------------------------------------------
     def _commit(self, operation: str, write: Callable[["DeltaTable", Any], dict | None],
                 rows: int | Callable[[], int], batch_id: str | None, attempts: int = WRITE_ATTEMPTS,
-                ) -> WriteResult:
+                history: str | None = None) -> WriteResult:
         """Run ``write(delta_table, commit_properties)`` with conflict retries.
 
         delta-rs retries a commit that lost a race by itself when the operations
@@ -260,9 +375,13 @@ class Table:
         meta = {"lakeloop.operation": operation}
         if batch_id:
             meta[BATCH_ID_KEY] = batch_id
+        if history:
+            meta[HISTORY_KEY] = history
         last: Exception | None = None
         for attempt in range(attempts):
-            dt = self._delta()
+            dt = self._delta(check=operation != "restore")  # restore is how a damaged table is fixed
+            if operation in BUILDS_ON_FILES:
+                self.check_files(dt)
             try:
                 metrics = write(dt, CommitProperties(custom_metadata=meta, max_commit_retries=20))
                 n = rows() if callable(rows) else rows
@@ -271,8 +390,16 @@ class Table:
                 last = exc
             except DeltaError as exc:
                 if "conflict" not in str(exc).lower() and "already exists" not in str(exc).lower():
+                    if _is_storage_failure(exc):
+                        raise storage_error(exc, operation, self.name, self.uri) from None
                     raise
                 last = exc
+            except OSError as exc:
+                raise storage_error(exc, operation, self.name, self.uri) from None
+            except BaseException as exc:
+                if _is_panic(exc):  # delta-rs panicked (seen on full disks): the commit did not happen
+                    raise storage_error(exc, operation, self.name, self.uri) from None
+                raise
             time.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
         raise WriteConflictError(
             f"{operation} on table {self.name} conflicted with concurrent writers "
@@ -280,28 +407,42 @@ class Table:
         )
 
     def append(self, data: Any, *, batch_id: str | None = None,
-               target_file_size: int | None = None) -> WriteResult:
+               target_file_size: int | None = None, history: str | None = None) -> WriteResult:
         """Append rows; the batch must match the schema (named :class:`SchemaError` if not).
 
         A ``pyarrow.RecordBatchReader`` is streamed: each batch is checked as it
         arrives and written out in files of about ``target_file_size`` bytes; the
-        commit happens once, at the end.
+        commit happens once, at the end. ``history="event_time"`` declares the
+        rows genuine history, known at their ``event_time`` (a backfill): the
+        commit records it, and known-time training frames use those times.
         """
         from deltalake import write_deltalake
 
+        self._check_history(history)
         if isinstance(data, pa.RecordBatchReader):
-            return self._append_stream(data, batch_id, target_file_size)
+            return self._append_stream(data, batch_id, target_file_size, history)
         batch = self.schema.conform(as_arrow(data), table=self.name)
         return self._commit(
             "append",
             lambda dt, props: write_deltalake(dt, batch, mode="append", commit_properties=props,
                                               target_file_size=target_file_size,
                                               storage_options=self.lake.storage_options or None),
-            batch.num_rows, batch_id,
+            batch.num_rows, batch_id, history=history,
         )
 
+    def _check_history(self, history: str | None) -> None:
+        if history is None:
+            return
+        schema = self.schema
+        if history not in schema.names or schema.column(history).type != "timestamp":
+            stamps = [c.name for c in schema.columns if c.type == "timestamp"]
+            raise SchemaError(
+                f"history={history!r} must name a timestamp column of table {self.name} (the time each "
+                f"row was known at); its timestamp columns are {stamps or 'none'}"
+            )
+
     def _append_stream(self, reader: pa.RecordBatchReader, batch_id: str | None,
-                       target_file_size: int | None) -> WriteResult:
+                       target_file_size: int | None, history: str | None = None) -> WriteResult:
         from deltalake import write_deltalake
 
         schema = self.schema
@@ -320,7 +461,7 @@ class Table:
             lambda dt, props: write_deltalake(dt, stream, mode="append", commit_properties=props,
                                               target_file_size=target_file_size,
                                               storage_options=self.lake.storage_options or None),
-            lambda: count[0], batch_id, attempts=1,  # a stream cannot be read twice
+            lambda: count[0], batch_id, attempts=1, history=history,  # a stream cannot be read twice
         )
 
     def overwrite(self, data: Any, *, batch_id: str | None = None,
@@ -341,13 +482,19 @@ class Table:
                             storage_options=self.lake.storage_options or None)
             if new_schema:
                 dt.update_incremental()
-                dt.alter.set_table_properties({SPEC_KEY: new_schema.to_json()}, commit_properties=props)
+                dt.alter.set_table_properties({SPEC_KEY: new_schema.to_json()}, raise_if_not_exists=False,
+                                              commit_properties=props)  # our key is not a Delta property
 
         return self._commit("overwrite", write, batch.num_rows, batch_id)
 
     def upsert(self, data: Any, *, key: str | Iterable[str] | None = None,
-               batch_id: str | None = None) -> WriteResult:
-        """Insert new keys and update existing ones (a Delta MERGE on the primary key)."""
+               batch_id: str | None = None, history: str | None = None) -> WriteResult:
+        """Insert new keys and update existing ones (a Delta MERGE on the primary key).
+
+        ``history`` as in :meth:`append`: inserted rows were known at that column's
+        time; updates count from the commit.
+        """
+        self._check_history(history)
         schema = self.schema
         keys = (key,) if isinstance(key, str) else tuple(key or schema.primary_key)
         if not keys:
@@ -374,7 +521,7 @@ class Table:
                 .execute()
             )
 
-        return self._commit("upsert", merge, batch.num_rows, batch_id)
+        return self._commit("upsert", merge, batch.num_rows, batch_id, history=history)
 
     def delete(self, predicate: str) -> WriteResult:
         """Delete rows matching a SQL predicate (e.g. ``"amount < 0"``)."""
@@ -403,6 +550,19 @@ class Table:
             retention_hours=int(retention_hours), dry_run=dry_run, enforce_retention_duration=False,
             full=True,
         )
+
+
+def _detail_of(exc: BaseException) -> str:
+    from lakeloop.lake.catalog import _detail
+
+    return _detail(exc)
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("os error", "os {", "localfilesystem", "permission denied", "permissiondenied",
+                                   "no space", "read-only", "file too large", "unable to", "i/o error",
+                                   "could not create"))
 
 
 def _duplicate_keys(batch: pa.Table, keys: tuple[str, ...]) -> list:

@@ -1,4 +1,5 @@
-"""Drift monitoring: detectors, monitor actors, the events log and the retrain policy hook.
+"""Drift monitoring: detectors, label-free performance estimates, monitor actors, the events log and the retrain
+policy hook.
 
 >>> from lakeloop import monitoring                                                # doctest: +SKIP
 >>> monitoring.start(ll, "fraud", window_rows=200, backend="scipy",
@@ -14,13 +15,14 @@ load inside the functions that need them.
 from lakeloop.monitoring.detectors import DriftDetector
 from lakeloop.monitoring.events import EVENTS, KINDS, read_events, record_event
 from lakeloop.monitoring.monitor import WINDOWS, Monitor, monitor_name
+from lakeloop.monitoring.performance import CBPE, DLE
 from lakeloop.monitoring.policy import Policy
-from lakeloop.monitoring.reference import predictions_for, reference_for
+from lakeloop.monitoring.reference import labelled_reference, predictions_for, reference_for
 from lakeloop.monitoring.service import actor, local_monitor, start, status, stop, windows
 from lakeloop.monitoring.settings import MonitorSettings
 
 __all__ = [
-    "DriftDetector", "MonitorSettings", "Policy", "Monitor", "start", "stop", "status", "windows", "actor",
-    "local_monitor",
+    "DriftDetector", "CBPE", "DLE", "MonitorSettings", "Policy", "Monitor", "start", "stop", "status", "windows",
+    "actor", "local_monitor", "labelled_reference",
     "monitor_name", "record_event", "read_events", "reference_for", "predictions_for", "EVENTS", "KINDS", "WINDOWS",
 ]

@@ -14,8 +14,9 @@ codes, a standardised one-hot matrix for MMD) and answer the same tests:
 The scipy backend follows alibi-detect's choices where they matter for the
 decisions: the asymptotic KS p-value, Yates' correction for 2x2 tables (what
 ``chi2_contingency`` does by default), a strict ``p < threshold``, the median
-of the off-diagonal squared distances for the bandwidth, and the permutation
-p-value as the share of permuted MMD² at or above the observed one.
+of the off-diagonal squared distances for the bandwidth. The permutation
+p-value is ``(k+1)/(n+1)`` with ``k`` of ``n`` permuted MMD² at or above the
+observed one (never 0; alibi-detect's ``k/n`` is turned into the same).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class ScipyBackend:
         s_yy = row_sums.sum() - 2 * s_x1 + s_xx
         mmd2 = s_xx / (n * (n - 1)) + s_yy / (m * (m - 1)) - 2 * s_xy / (n * m)
         observed, permuted = mmd2[0], mmd2[1:]
-        p = float((observed <= permuted).mean())
+        p = float(((observed <= permuted).sum() + 1) / (b + 1))  # (k+1)/(n+1): never 0, exact under the null
         threshold = float(np.sort(permuted)[::-1][int(self.alpha * b)])
         return {"distance": float(observed), "p_value": p, "distance_threshold": threshold, "sigma": self.sigma}
 
@@ -180,7 +181,8 @@ class AlibiBackend:
         torch.manual_seed(seed)  # the permutations come from torch's global generator
         out = self.mmd_detector.predict(np.asarray(x, dtype=np.float32), return_p_val=True,
                                         return_distance=True)["data"]
-        return {"distance": float(out["distance"]), "p_value": float(out["p_val"]),
+        k = round(float(out["p_val"]) * self.n_permutations)  # alibi answers k/n; the same (k+1)/(n+1) as scipy
+        return {"distance": float(out["distance"]), "p_value": (k + 1) / (self.n_permutations + 1),
                 "distance_threshold": float(out["distance_threshold"]), "sigma": self.sigma}
 
     def correct(self, p_values: "np.ndarray", method: str) -> tuple["np.ndarray", float]:

@@ -137,8 +137,12 @@ class DriftDetector:
             if len(ref) > self.mmd_reference_rows:
                 sub = ref.iloc[np.sort(rng.choice(len(ref), self.mmd_reference_rows, replace=False))]
             x_ref = self.matrix(sub)
+        # The permutation p-value is at least 1/(B+1); with every feature test and MMD sharing alpha, the
+        # smallest per-test threshold is alpha/tests, so fewer permutations than tests/alpha could never fire.
+        tests = len(features) + 1
+        self.permutations_ = max(self.n_permutations, math.ceil(tests / self.alpha))
         self.backend_ = make_backend(self.backend, alpha=self.alpha, ks_method=self.ks_method,
-                                     n_permutations=self.n_permutations).fit(self.ref_numeric_, self.ref_codes_, x_ref)
+                                     n_permutations=self.permutations_).fit(self.ref_numeric_, self.ref_codes_, x_ref)
         self.reference_rows_ = len(ref)
         self.mmd_reference_rows_ = 0 if x_ref is None else len(x_ref)
         return self
@@ -230,7 +234,7 @@ class DriftDetector:
         if self.mmd and rows >= max(self.min_rows, 2):
             mmd = self.backend_.mmd(self.matrix(window), seed)
             mmd = {k: _finite(v) for k, v in mmd.items()}
-            mmd.update(drift=False, permutations=self.n_permutations, reference_rows=self.mmd_reference_rows_)
+            mmd.update(drift=False, permutations=self.permutations_, reference_rows=self.mmd_reference_rows_)
         names = [f for f, e in features.items() if e["p_value"] is not None]
         p_values = [features[f]["p_value"] for f in names]
         if mmd is not None and mmd["p_value"] is not None:
@@ -241,9 +245,11 @@ class DriftDetector:
         for n in drifted:
             (mmd if n == MMD else features[n])["drift"] = True
         tested = [features[f]["p_value"] for f in features if features[f]["p_value"] is not None]
-        return {
+        from lakeloop.display import DriftReport  # a dict that also shows itself (plots inline) in Jupyter
+
+        return DriftReport({
             "backend": self.backend, "rows": int(rows), "reference_rows": self.reference_rows_,
             "alpha": self.alpha, "correction": self.correction, "tests": len(names),
             "threshold": _finite(threshold) if names else None, "drift": bool(drifted), "drifted": drifted,
             "min_p_value": min(tested) if tested else None, "features": features, "mmd": mmd,
-        }
+        }, detector=self, window=window)

@@ -34,7 +34,8 @@ EVENT_COLUMNS = {
     "kind": "string", "reason": "string", "details": "string", "source": "string",
 }
 KINDS = ("drift_detected", "alert", "retrain_submitted", "retrain_started", "materialized", "challenger_registered",
-         "retrain_failed", "gate_failed", "canary_started", "canary_verdict", "promoted", "rolled_back")
+         "retrain_failed", "gate_failed", "canary_started", "canary_verdict", "promoted", "rolled_back",
+         "feedback_corrected")  # the last: an audited change of a label (serving/feedback.py)
 # events after which a submitted retrain is no longer in flight
 RESOLVING = ("retrain_failed", "gate_failed", "promoted", "rolled_back")
 

@@ -4,10 +4,14 @@ A monitor reads its model's new ``logs.inference`` rows (route ``primary``)
 by Delta version (:mod:`lakeloop.monitoring.stream`), cuts them into windows
 of ``window_rows`` rows per served version, and for each window:
 
-1. parses the served features and outputs and tests them against the
-   version's reference (its training rows, :mod:`lakeloop.monitoring.reference`)
-   and the version's outputs on them (prediction drift);
-2. scores the live metric over the last windows that have ``logs.feedback`` labels;
+1. parses the served features and outputs (rows it cannot use are counted
+   as ``bad_rows``, named in an ``alert`` and skipped: :mod:`lakeloop.monitoring.rows`)
+   and tests them against the version's reference (its training rows,
+   :mod:`lakeloop.monitoring.reference`) and the version's outputs on them
+   (prediction drift);
+2. scores the live metric over the last windows that have ``logs.feedback`` labels,
+   and estimates it without labels (CBPE or DLE learnt on the version's labelled
+   holdout, :mod:`lakeloop.monitoring.performance`);
 3. asks the :class:`~lakeloop.monitoring.policy.Policy` whether to fire;
 4. appends one row to ``monitoring.windows``: the results, the cursor of
    every stream after this window and the policy state, in one Delta commit.
@@ -17,6 +21,10 @@ of ``window_rows`` rows per served version, and for each window:
 5. then reports: Ray gauges, MLflow metrics (one run per monitor, step = the
    window index) and report PNGs, events in ``logs.events`` (with the
    webhook), and the retrain trigger when the policy fired.
+
+A window that raises for another reason is tried ``window_attempts`` times,
+then recorded as failed (counted, untested, an ``alert``), so it never holds
+the cursor forever.
 
 Events of the last window that a crash kept from ``logs.events`` are written
 on restart (by event id). A trigger is called at most once: a crash between
@@ -39,13 +47,15 @@ from lakeloop.monitoring import events as ev
 from lakeloop.monitoring.detectors import DriftDetector
 from lakeloop.monitoring.metric import default_metric, read_feedback, score
 from lakeloop.monitoring.policy import Policy
-from lakeloop.monitoring.reference import output_frame, predictions_for, reference_for
+from lakeloop.monitoring.reference import labelled_reference, output_frame, predictions_for, reference_for
 from lakeloop.monitoring.report import safe_name
 from lakeloop.monitoring.settings import MonitorSettings
 from lakeloop.monitoring.stream import INFERENCE, InferenceStream
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from lakeloop.client import Lakeloop
 
 WINDOWS = "monitoring.windows"
 WINDOW_COLUMNS = {
@@ -56,8 +66,23 @@ WINDOW_COLUMNS = {
     "min_p_value": "float64", "mmd_distance": "float64", "mmd_p_value": "float64", "drifted": "string",
     "metric": "string", "metric_value": "float64", "labelled": "int64", "result": "string",
     "prediction": "string", "policy": "string", "events": "string", "backend": "string", "run_id": "string",
+    "bad_rows": "int64", "estimated_value": "float64", "estimate": "string",
 }
 REFERENCE_DIR = "reference"
+BAD_ROW_EXAMPLES = 3
+_ESTIMATED = ("accuracy", "roc_auc", "mae", "rmse")
+
+
+def ensure_windows_table(ll: "Lakeloop"):
+    """``monitoring.windows``, made if new; a table from before a column was added gets it (rows kept)."""
+    from lakeloop.lake.schema import TableSchema
+
+    table = ll.lake.create(WINDOWS, WINDOW_COLUMNS, exist_ok=True,
+                           description="drift monitor windows: results, cursor and policy state")
+    missing = [c for c in WINDOW_COLUMNS if c not in table.schema.names]
+    if missing:  # an older lake: the new columns are null for the windows written before them
+        table.overwrite(table.to_arrow(), schema=TableSchema.build(WINDOW_COLUMNS))
+    return table
 
 
 def monitor_name(lake_root: str, model: str) -> str:
@@ -99,8 +124,9 @@ class Monitor:
         self.started_at = time.time()
         self.windows_this_run = 0
         self.last_webhook: dict | None = None
-        self.table = self.ll.lake.create(WINDOWS, WINDOW_COLUMNS, exist_ok=True,
-                                         description="drift monitor windows: results, cursor and policy state")
+        self.estimators: dict[int, Any] = {}
+        self.attempts: dict[tuple, int] = {}
+        self.table = ensure_windows_table(self.ll)
         ev.ensure_table(self.ll)
         self._gauges()
         last = self._load_state()
@@ -171,12 +197,18 @@ class Monitor:
                                        tag_keys=("model", "version")),
                 "metric": metrics.Gauge("lakeloop_live_metric", "live metric from feedback labels",
                                         tag_keys=("model", "version", "metric")),
+                "estimated": metrics.Gauge("lakeloop_estimated_metric", "metric estimated without labels (CBPE for "
+                                           "classifiers, DLE for regressors) on the last window",
+                                           tag_keys=("model", "version", "metric")),
+                "bad_rows": metrics.Gauge("lakeloop_monitor_bad_rows", "logged rows of the last window that could "
+                                          "not be used", tag_keys=("model", "version")),
                 "windows": metrics.Gauge("lakeloop_monitor_windows", "windows processed", tag_keys=("model",)),
             }
         except Exception as exc:  # no Ray worker context (in-process use): gauges are skipped
             self.errors.append(f"Ray metrics unavailable: {exc}")
 
-    def _set_gauges(self, version: int, result: dict | None, prediction: dict | None, metric, value) -> None:
+    def _set_gauges(self, version: int, result: dict | None, prediction: dict | None, metric, value,
+                    estimate: dict | None = None, bad_rows: int = 0) -> None:
         if not self.gauges:
             return
         base = {"model": self.model, "version": str(version)}
@@ -192,6 +224,10 @@ class Monitor:
             self.gauges["drift"].set(float(prediction["drift"]), tags={**base, "kind": "prediction"})
         if value is not None:
             self.gauges["metric"].set(value, tags={**base, "metric": metric})
+        for name, x in (estimate or {}).items():
+            if name in _ESTIMATED and x is not None:
+                self.gauges["estimated"].set(x, tags={**base, "metric": name})
+        self.gauges["bad_rows"].set(float(bad_rows or 0), tags=base)
         self.gauges["windows"].set(float(self.next_window), tags={"model": self.model})
 
     # -- references --------------------------------------------------------------------
@@ -273,6 +309,31 @@ class Monitor:
                 self.errors.append(f"reference outputs of version {version} are not usable: {exc.message}")
         return self.detectors[version]
 
+    def _estimator(self, version: int, task: str):
+        """The version's fitted CBPE/DLE, or why there is none (from its labelled holdout, through the registry)."""
+        if version in self.estimators:
+            return self.estimators[version]
+        if not self.settings.estimate:
+            self.estimators[version] = "estimation is off (settings.estimate=False)"
+            return self.estimators[version]
+        from lakeloop.monitoring.performance import fit_estimator
+
+        try:
+            labelled = self._artifact(f"v{version}_labelled.parquet")
+            if labelled is None:
+                labelled = labelled_reference(self.ll, self.model, version)
+                self._save_artifact(f"v{version}_labelled.parquet", labelled)
+            features = labelled[[c for c in labelled.columns if not c.startswith(("output.", "label."))]]
+            outputs = labelled[[c for c in labelled.columns if c.startswith("output.")]]
+            outputs.columns = [c[len("output."):] for c in outputs.columns]
+            self.estimators[version] = fit_estimator(task, features, outputs, labelled["label.value"].tolist(),
+                                                     seed=self.settings.seed)
+        except LakeloopError as exc:
+            self.estimators[version] = exc.message
+        except Exception as exc:  # no registered model or holdout to learn from: no estimate for this version
+            self.estimators[version] = f"no labelled reference for version {version}: {type(exc).__name__}: {exc}"
+        return self.estimators[version]
+
     def _baseline(self, version: int, metric: str) -> float | None:
         if version not in self.baselines:
             value = None
@@ -294,20 +355,80 @@ class Monitor:
             self._stop.wait(self.settings.poll_s)
 
     def run_once(self) -> list[dict]:
-        """Read what is new and process every full window; returns a summary per window processed."""
+        """Read what is new and process every full window; returns a summary per window processed.
+
+        A window that raises is tried again on the next call; after
+        ``window_attempts`` failures it is recorded as failed (its rows counted,
+        untested, an ``alert`` names the error) and the cursor moves on.
+        """
         done = []
         with self.lock:
             while True:
                 self.stream.poll()
                 ready = self.stream.ready(self.settings.window_rows)
                 while ready:  # one window at a time, in log order across versions
-                    done.append(self._window(ready[0]))
+                    done.append(self._attempt(ready[0]))
                     ready = self.stream.ready(self.settings.window_rows)
                 if self.stream.caught_up():
                     break
         return done
 
-    def _window(self, version: int) -> dict:
+    def _attempt(self, version: int) -> dict:
+        key = (version, *self.stream.cursor(version))
+        try:
+            summary = self._window(version)
+        except Exception as exc:
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+            if self.attempts[key] < self.settings.window_attempts:
+                raise
+            failure = f"{type(exc).__name__}: {exc}"[:1000]
+            self.errors.append(f"window {self.next_window} of version {version} failed {self.attempts[key]} times "
+                               f"and was recorded as failed: {failure}")
+            summary = self._window(version, failure=failure)
+        self.attempts.pop(key, None)
+        return summary
+
+    def _analyse(self, version: int, rows: "pd.DataFrame", window: int) -> dict:
+        """The window's tests, live metric, estimate and skew; bad rows are set aside first."""
+        import pandas as pd
+
+        from lakeloop.monitoring import rows as parsing
+        from lakeloop.monitoring.performance import estimate
+
+        detector = self._detector(version)
+        numeric = dict(detector.scale_) if isinstance(detector, DriftDetector) else {}
+        parsed = parsing.parse(rows, numeric)
+        good = rows.iloc[parsed.keep].reset_index(drop=True)
+        feats = pd.DataFrame(parsed.features, index=range(len(parsed.features)))
+        out_frame = output_frame(parsed.outputs)
+        seed = self.settings.seed + window
+        result = detector.run(feats, seed=seed) if isinstance(detector, DriftDetector) else None
+        out_det = self.output_detectors.get(version)
+        prediction = out_det.run(out_frame, seed=seed) if out_det is not None and len(out_frame) else None
+
+        recent = self.recent.setdefault(version, deque(maxlen=self.settings.metric_windows))
+        scored = good[["request_id", "row", "output"]]
+        task = self._task(version, out_frame)
+        metric = self.settings.metric or default_metric(task)
+        labelled_rows = pd.concat(list(recent)[1 - self.settings.metric_windows:] + [scored], ignore_index=True) \
+            if self.settings.metric_windows > 1 else scored
+        value, labelled = score(labelled_rows, read_feedback(self.ll, labelled_rows["request_id"]), metric)
+
+        estimator = self._estimator(version, task)
+        if isinstance(estimator, str):
+            est = {"error": estimator}
+        elif not len(out_frame) or "prediction" not in out_frame.columns:
+            est = {"error": "no usable outputs in this window"}
+        else:
+            est = estimate(estimator, feats, out_frame)
+        estimated = est.get(metric)
+
+        skew = self._skew(good, feats, window) if self.settings.skew_views else None
+        return {"detector": detector, "feats": feats, "result": result, "prediction": prediction, "scored": scored,
+                "metric": metric, "value": value, "labelled": labelled, "skew": skew, "estimate": est,
+                "estimated": estimated, "bad": parsed}
+
+    def _window(self, version: int, failure: str | None = None) -> dict:
         import numpy as np
         import pandas as pd
 
@@ -315,43 +436,50 @@ class Monitor:
         rows, position = self.stream.peek(version, n)
         window = self.next_window
         now = datetime.now(timezone.utc)
-        feats = pd.DataFrame([_json(f, {}) or {} for f in rows["features"]])
-        outputs = [_json(o) for o in rows["output"]]
-        out_frame = output_frame([o for o in outputs if isinstance(o, dict)])
-        detector = self._detector(version)
-        seed = self.settings.seed + window
-        result = detector.run(feats, seed=seed) if isinstance(detector, DriftDetector) else None
-        out_det = self.output_detectors.get(version)
-        prediction = out_det.run(out_frame, seed=seed) if out_det is not None and len(out_frame) else None
-
-        recent = self.recent.setdefault(version, deque(maxlen=self.settings.metric_windows))
-        scored = rows[["request_id", "row", "output"]]
-        task = self._task(version, out_frame)
-        metric = self.settings.metric or default_metric(task)
-        labelled_rows = pd.concat(list(recent)[1 - self.settings.metric_windows:] + [scored], ignore_index=True) \
-            if self.settings.metric_windows > 1 else scored
-        value, labelled = score(labelled_rows, read_feedback(self.ll, labelled_rows["request_id"]), metric)
-        baseline = self._baseline(version, metric)
-
-        skew = self._skew(rows, feats, window) if self.settings.skew_views else None
-
-        resolved = self._resolved()
-        decision, state = self.policy.decide(
-            self.policy_state, version=version, window=window, drift=None if result is None else result["drift"],
-            metric=metric, value=value, labelled=labelled, baseline=baseline, now=time.time(), resolved=resolved)
-        if decision["trigger"] and self.trigger is None:
-            state["in_flight"] = None  # nothing was submitted, so nothing is in flight
-
-        planned = []
         base = {"version": version, "source": self.name, "time": now}
+        planned = []
+        if failure is None:
+            a = self._analyse(version, rows, window)
+            baseline = self._baseline(version, a["metric"])
+            decision, state = self.policy.decide(
+                self.policy_state, version=version, window=window,
+                drift=None if a["result"] is None else a["result"]["drift"], metric=a["metric"], value=a["value"],
+                labelled=a["labelled"], baseline=baseline, now=time.time(), resolved=self._resolved(),
+                estimated=a["estimated"])
+            if decision["trigger"] and self.trigger is None:
+                state["in_flight"] = None  # nothing was submitted, so nothing is in flight
+        else:  # recorded as failed: counted, untested, and the policy state carried over unchanged
+            metric = self.settings.metric or default_metric(self.tasks.get(version))
+            a = {"detector": f"the window failed {self.settings.window_attempts} times: {failure}", "feats": None,
+                 "result": None, "prediction": None, "scored": rows[["request_id", "row", "output"]].iloc[:0],
+                 "metric": metric, "value": None, "labelled": 0, "skew": None, "estimate": None, "estimated": None,
+                 "bad": None}
+            decision = {"trigger": False, "reason": None, "suppressed": None, "failed": failure}
+            state = json.loads(json.dumps(self.policy_state))
+            planned.append(ev.make_event("alert", self.model, event_id=f"{self.model}:{window}:alert:failed",
+                                         reason=f"window {window} of version {version} failed "
+                                                f"{self.settings.window_attempts} times; its {len(rows)} rows are "
+                                                f"counted but not tested: {failure[:300]}",
+                                         details={"window": window, "error": failure}, **base))
+        result, prediction, detector, skew, bad = a["result"], a["prediction"], a["detector"], a["skew"], a["bad"]
+
         if result is not None and result["drift"]:
             planned.append(ev.make_event("drift_detected", self.model, event_id=f"{self.model}:{window}:drift_detected",
                                          reason=f"window {window}: drift in {', '.join(result['drifted'])}",
-                                         details=_event_details(window, result, prediction), **base))
-        if isinstance(detector, str) and version not in self.version_windows:
+                                         details=_event_details(window, result, prediction, a["estimate"]), **base))
+        if failure is None and isinstance(detector, str) and version not in self.version_windows:
             planned.append(ev.make_event("alert", self.model, event_id=f"{self.model}:{window}:alert:reference",
                                          reason=f"no reference for version {version}, so its drift is not tested: "
                                                 f"{detector}", **base))
+        if bad is not None and bad.bad:
+            example = bad.example()
+            planned.append(ev.make_event(
+                "alert", self.model, event_id=f"{self.model}:{window}:alert:bad_rows",
+                reason=f"window {window}: {len(bad.bad)} of {len(rows)} rows of version {version} could not be used "
+                       f"and were skipped; e.g. request {example['request_id']} row {example['row']}: "
+                       f"{example['column']} {example['why']} ({example['value'][:60]})",
+                details={"window": window, "bad_rows": len(bad.bad), "reasons": bad.reasons(),
+                         "examples": bad.bad[:BAD_ROW_EXAMPLES]}, **base))
         skewed = _skewed(skew, self.settings.skew_alert_rate)
         if skewed:
             planned.append(ev.make_event("alert", self.model, event_id=f"{self.model}:{window}:alert:skew",
@@ -364,6 +492,7 @@ class Monitor:
                                          **base))
         times = pd.to_datetime(rows["time"], utc=True)
         mmd = (result or {}).get("mmd") or {}
+        metric, value, labelled = a["metric"], a["value"], a["labelled"]
         record = {
             "model": self.model, "window": window, "version": version,
             "version_window": self.version_windows.get(version, 0), "rows": len(rows),
@@ -382,29 +511,35 @@ class Monitor:
             "policy": json.dumps({"decision": decision, "state": state}, default=str),
             "events": json.dumps([{**e, "time": e["time"].isoformat()} for e in planned], default=str),
             "backend": self.settings.backend, "run_id": self.run_id,
+            "bad_rows": None if bad is None else len(bad.bad), "estimated_value": a["estimated"],
+            "estimate": json.dumps(a["estimate"], default=str),
         }
         frame = pd.DataFrame([record])
         for c in ("drift", "prediction_drift"):
             frame[c] = frame[c].astype(object)
-        frame["mmd_distance"] = pd.to_numeric(frame["mmd_distance"], errors="coerce").astype(np.float64)
-        frame["mmd_p_value"] = pd.to_numeric(frame["mmd_p_value"], errors="coerce").astype(np.float64)
+        for c in ("mmd_distance", "mmd_p_value", "estimated_value", "metric_value"):
+            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(np.float64)
         self.table.append(frame)  # the checkpoint: results, every cursor and the policy state at once
 
         self.stream.consume(version, n)
-        recent.append(scored)  # only now: a window that failed before its checkpoint is redone, not doubled
+        recent = self.recent.setdefault(version, deque(maxlen=self.settings.metric_windows))
+        recent.append(a["scored"])  # only now: a window that failed before its checkpoint is redone, not doubled
         self.next_window = window + 1
         self.version_windows[version] = self.version_windows.get(version, 0) + 1
         self.rows_counted += len(rows)
         self.windows_this_run += 1
         previous_trigger = (self.policy_state or {}).get("last_trigger")
         self.policy_state = state
-        self._report(window, version, detector, feats, result, prediction, metric, value, labelled, skew)
+        if failure is None:
+            self._report(window, version, detector, a["feats"], result, prediction, metric, value, labelled, skew,
+                         a["estimate"], record["bad_rows"])
         self._emit(planned)
         if decision["trigger"] and self.trigger is not None:
             self._fire(window, version, decision, previous_trigger)
         return {"window": window, "version": version, "rows": len(rows), "drift": record["drift"],
                 "prediction_drift": record["prediction_drift"], "metric": metric, "value": value,
-                "decision": decision}
+                "estimated": a["estimated"], "estimate": a["estimate"], "bad_rows": record["bad_rows"],
+                "decision": decision, "failed": failure}
 
     # -- after the checkpoint --------------------------------------------------------
     def _guard(self, what: str, fn, *args) -> Any:
@@ -414,20 +549,25 @@ class Monitor:
             self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
             return None
 
-    def _report(self, window, version, detector, feats, result, prediction, metric, value, labelled, skew) -> None:
-        self._guard("gauges", self._set_gauges, version, result, prediction, metric, value)
+    def _report(self, window, version, detector, feats, result, prediction, metric, value, labelled, skew,
+                estimate=None, bad_rows=0) -> None:
+        self._guard("gauges", self._set_gauges, version, result, prediction, metric, value, estimate, bad_rows)
         self._guard("mlflow metrics", self._log_metrics, window, version, result, prediction, metric, value, labelled,
-                    skew)
+                    skew, estimate, bad_rows)
         wanted = self.settings.report == "always" or (self.settings.report == "drift" and result and result["drift"])
         if wanted and isinstance(detector, DriftDetector):
             self._guard("drift report", self._log_report, window, version, detector, feats, result)
 
-    def _log_metrics(self, window, version, result, prediction, metric, value, labelled, skew) -> None:
+    def _log_metrics(self, window, version, result, prediction, metric, value, labelled, skew, estimate=None,
+                     bad_rows=0) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         v = f"v{version}"
-        values: dict[str, float] = {f"{v}/rows_labelled": labelled}
+        values: dict[str, float] = {f"{v}/rows_labelled": labelled, f"{v}/bad_rows": bad_rows}
+        for name, x in (estimate or {}).items():  # the label-free estimates: estimated_accuracy, estimated_rmse, ...
+            if name in _ESTIMATED and x is not None:
+                values[f"{v}/estimated_{name}"] = x
         if result is not None:
             values[f"{v}/drift"] = float(result["drift"])
             for f, e in result["features"].items():
@@ -535,7 +675,9 @@ class Monitor:
                 "read_to": self.stream.read_to, "windows_this_run": self.windows_this_run,
                 "rows_counted": self.rows_counted, "uptime_s": round(time.time() - self.started_at, 1),
                 "errors": list(self.errors), "last_webhook": self.last_webhook,
-                "references": {str(v): (d if isinstance(d, str) else "ok") for v, d in self.detectors.items()}}
+                "references": {str(v): (d if isinstance(d, str) else "ok") for v, d in self.detectors.items()},
+                "estimators": {str(v): (e if isinstance(e, str) else repr(e)) for v, e in self.estimators.items()},
+                "retrying": {f"v{k[0]}@{k[1]}:{k[2]}": n for k, n in self.attempts.items()}}
 
     def close(self) -> dict:
         """Stop the loop after the window in progress."""
@@ -553,7 +695,8 @@ def _skewed(skew: dict | None, rate: float | None) -> dict[str, float]:
             if e["rate"] > rate}
 
 
-def _event_details(window: int, result: dict, prediction: dict | None) -> dict:
+def _event_details(window: int, result: dict, prediction: dict | None, estimate: dict | None = None) -> dict:
     return {"window": window, "drifted": result["drifted"], "threshold": result["threshold"],
             "p_values": {f: e["p_value"] for f, e in result["features"].items()},
-            "mmd": result.get("mmd"), "prediction_drift": None if prediction is None else prediction["drift"]}
+            "mmd": result.get("mmd"), "prediction_drift": None if prediction is None else prediction["drift"],
+            "estimate": estimate}

@@ -75,6 +75,32 @@ def predictions_for(ll: "Lakeloop", model: str, version: int | str, reference: "
     return out.reset_index(drop=True)
 
 
+def labelled_reference(ll: "Lakeloop", model: str, version: int | str) -> "pd.DataFrame":
+    """What the label-free estimators learn from: the version's holdout rows (raw features), its outputs on them
+    (columns ``output.<name>``) and their true labels (``label.value``).
+
+    The holdout, not the training rows: a model is over-confident on rows it
+    learned from, and calibrating on them would overstate its accuracy.
+    """
+    import pandas as pd
+
+    from lakeloop.automl import training
+
+    try:
+        spec = ll.models.spec(model, version)
+    except ModelNotFoundError as exc:
+        raise ReferenceNotFoundError(f"no labelled reference for model {model!r} version {version}: "
+                                     f"{exc.message}") from exc
+    holdout = ll.models.holdout(model, version).reset_index(drop=True)
+    if spec.target not in holdout.columns:
+        raise ReferenceNotFoundError(f"the holdout of model {model!r} version {version} has no target column "
+                                     f"{spec.target!r}")
+    features = training.raw_features(holdout, spec).reset_index(drop=True)
+    outputs = predictions_for(ll, model, version, features)
+    return pd.concat([features, outputs.add_prefix("output."),
+                      pd.DataFrame({"label.value": holdout[spec.target].to_numpy()})], axis=1)
+
+
 def output_frame(outputs: "list[dict | None]") -> "pd.DataFrame":
     """Served outputs (the parsed ``output`` JSON of each row) as a frame, columns as the model answers."""
     import pandas as pd

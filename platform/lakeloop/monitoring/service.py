@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from lakeloop.errors import MonitorError, MonitorNotFoundError
 from lakeloop.monitoring import events as ev
-from lakeloop.monitoring.monitor import REFERENCE_DIR, WINDOW_COLUMNS, WINDOWS, Monitor, _json, monitor_name
+from lakeloop.monitoring.monitor import (REFERENCE_DIR, WINDOW_COLUMNS, WINDOWS, Monitor, _json,
+                                         ensure_windows_table, monitor_name)
 from lakeloop.monitoring.policy import Policy
 from lakeloop.monitoring.settings import MonitorSettings
 from lakeloop.monitoring.stream import INFERENCE
@@ -87,7 +88,7 @@ def _prepare(ll: "Lakeloop", model: str, reference, reference_outputs, settings,
     policy = policy if isinstance(policy, Policy) else Policy.from_dict(policy)
     if trigger is not None and not callable(trigger):
         raise MonitorError(f"trigger must be callable (it gets a context dict), not {type(trigger).__name__}")
-    ll.lake.create(WINDOWS, WINDOW_COLUMNS, exist_ok=True)
+    ensure_windows_table(ll)
     ev.ensure_table(ll)
     run_id, start_version = _run_for(ll, model, settings, policy)
     _log_frames(ll, run_id, reference, outputs=False)
@@ -220,6 +221,8 @@ def status(ll: "Lakeloop", model: str, *, events_limit: int = 10, live: bool = T
 
 
 def _version_status(rows: "pd.DataFrame") -> dict:
+    import pandas as pd
+
     row = rows.iloc[-1]
     result = _json(row["result"], {}) or {}
     prediction = _json(row["prediction"]) or {}
@@ -232,7 +235,19 @@ def _version_status(rows: "pd.DataFrame") -> dict:
         "prediction_p_values": {f: e["p_value"] for f, e in (prediction.get("features") or {}).items()},
         "metric": row["metric"], "metric_value": None if _na(row["metric_value"]) else float(row["metric_value"]),
         "labelled": int(row["labelled"]), "error": result.get("error"), "skew": result.get("skew"),
+        "estimated_value": _float(row.get("estimated_value")), "estimate": _json(row.get("estimate")),
+        "bad_rows": _int(row.get("bad_rows")),
+        "bad_rows_total": int(pd.to_numeric(rows["bad_rows"], errors="coerce").fillna(0).sum()),
+        "failed_windows": sum(bool(((_json(p, {}) or {}).get("decision") or {}).get("failed")) for p in rows["policy"]),
     }
+
+
+def _float(value) -> float | None:
+    return None if _na(value) else float(value)
+
+
+def _int(value) -> int | None:
+    return None if _na(value) else int(value)
 
 
 def _na(value) -> bool:

@@ -55,12 +55,19 @@ class MonitorSettings:
     - ``alpha`` and ``correction`` (``bonferroni`` or ``fdr``) across the
       per-feature tests and the multivariate MMD test of a window.
     - ``mmd``, ``n_permutations``, ``mmd_reference_rows``: the MMD test and its
-      reference subsample; ``reference_rows`` caps the univariate reference.
+      reference subsample (``n_permutations`` is a floor: a window uses at least
+      ``(features + 1) / alpha`` permutations, so MMD's smallest p-value can pass
+      its share of ``alpha``); ``reference_rows`` caps the univariate reference.
 
     Stream: ``window_rows`` rows of one served version make a window; ``route``
     (``primary``) is the traffic tested; ``start`` (``earliest`` or ``latest``)
     is where a new monitor begins in ``logs.inference``; ``poll_s`` how often
     it looks for new rows.
+
+    Robustness: rows that cannot be tested are counted as ``bad_rows`` and
+    skipped (:mod:`lakeloop.monitoring.rows`); a window that raises for any
+    other reason is tried ``window_attempts`` times, then recorded as failed
+    and passed.
 
     Skew: for ``skew_views``, up to ``skew_sample`` rows per window that carry
     the view's join keys are recomputed offline at their request time
@@ -69,7 +76,9 @@ class MonitorSettings:
 
     Outputs: ``metric`` (live metric from feedback; default accuracy for
     classification, rmse for regression) over the last ``metric_windows``
-    windows; ``report`` PNGs on drifting windows (``drift``), every window
+    windows; ``estimate`` (on by default) the metric without labels per window
+    (:mod:`lakeloop.monitoring.performance`: CBPE for classifiers, DLE for
+    regressors, learnt on the version's labelled holdout); ``report`` PNGs on drifting windows (``drift``), every window
     (``always``) or ``never``; ``webhook_url`` gets a JSON POST for each event
     whose kind is in ``webhook_kinds``.
     """
@@ -102,6 +111,8 @@ class MonitorSettings:
     webhook_kinds: tuple[str, ...] = ("alert",)
     webhook_timeout_s: float = 5.0
     num_cpus: float = 0.1
+    estimate: bool = True
+    window_attempts: int = 3
 
     def __post_init__(self):
         def bad(name: str, why: str):
@@ -141,6 +152,11 @@ class MonitorSettings:
             bad("webhook_url", "an http:// or https:// URL")
         if not 0 < self.num_cpus <= 4:
             bad("num_cpus", "a fraction of a CPU such as 0.1")
+        if not isinstance(self.estimate, bool):
+            bad("estimate", "True or False")
+        if not isinstance(self.window_attempts, int) or isinstance(self.window_attempts, bool) \
+                or not 1 <= self.window_attempts <= 100:
+            bad("window_attempts", "a whole number of tries from 1 to 100")
         if self.skew_sample < 1:
             bad("skew_sample", "at least 1 row")
         if self.skew_alert_rate is not None and not 0 <= self.skew_alert_rate < 1:

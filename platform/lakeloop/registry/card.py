@@ -46,7 +46,8 @@ def render(*, name: str, version: int | str, spec: dict, metrics: dict[str, floa
     if verdict:
         out += ["## Promotion gate", "", f"- passed: **{verdict.get('passed')}**"]
         out += [f"- {k}: {verdict.get(k)}" for k in ("score", "champion_version", "champion_score", "margin",
-                                                    "nonfinite", "p95_ms", "latency_budget_ms", "schema")]
+                                                    "nonfinite", "p95_ms", "champion_p95_ms", "latency_ratio",
+                                                    "max_latency_ratio", "latency_budget_ms", "schema")]
         out += [f"- reason: {r}" for r in verdict.get("reasons") or []]
         out.append("")
     split = "time-ordered (last rows by `%s`)" % spec.get("timestamp_column") if spec.get("timestamp_column") \

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from lakeloop.errors import LakeloopError, RetrainError
 from lakeloop.monitoring import events as ev
 from lakeloop.retrain.compare import compare, labelled_rows
+from lakeloop.retrain.sequential import sequential_compare
 from lakeloop.retrain.spec import RetrainSpec
 
 if TYPE_CHECKING:
@@ -78,16 +79,48 @@ def _frame_inputs(spec: RetrainSpec, frame: dict, champ_spec: dict) -> dict:
             "views": sorted({r.split(":", 1)[0] for r in refs})}
 
 
-def newest_since(ll: "Lakeloop", table: str, timestamp_column: str, rows: int | None):
-    """The timestamp from which ``table`` holds its newest ``rows`` rows (None: all rows)."""
+def newest_since(ll: "Lakeloop", table: str, timestamp_column: str, rows: int | None, version: int | None = None):
+    """The timestamp from which ``table`` (at ``version``; default latest) holds its newest ``rows`` rows (None: all)."""
     import pandas as pd
 
     if rows is None:
         return None
-    ts = pd.to_datetime(ll.lake.table(table).to_pandas(columns=[timestamp_column])[timestamp_column], utc=True)
+    ts = pd.to_datetime(ll.lake.table(table).to_pandas(version=version, columns=[timestamp_column])[timestamp_column],
+                        utc=True)
     if len(ts) <= rows:
         return None
     return ts.sort_values().iloc[-rows]
+
+
+def build_frame(ll: "Lakeloop", inputs: dict, spec: RetrainSpec, record: Callable[[dict], Any] | None = None):
+    """The retrain's data step, on one snapshot: (frame, materialized views, since).
+
+    Every source table is pinned once; the views are materialized from those
+    versions and the entity rows read at the version the views were computed
+    from, so a writer committing meanwhile cannot leave rows without features.
+    The pinned versions are in the frame's lineage (``snapshot``).
+    """
+    materialized: dict[str, dict] = {}
+    feature_versions = None
+    if spec.materialize:
+        results = ll.features.materialize_many(inputs["views"])
+        for view, result in results.items():
+            materialized[view] = {"mode": result.mode, "rows_written": result.rows_written,
+                                  "source_version": result.source_version, "table_version": result.table_version,
+                                  "seconds": round(result.seconds, 2)}
+        feature_versions = {v: int(m["table_version"]) for v, m in materialized.items()
+                            if m["table_version"] is not None}
+        if record is not None:
+            record(materialized)
+    snap = ll.features.snapshot(inputs["views"], inputs["entities"], feature_versions=feature_versions)
+    since = newest_since(ll, inputs["entities"], inputs["timestamp_column"], spec.train_rows,
+                         version=snap["entities_version"]) if inputs["timestamp_column"] else None
+    frame = ll.features.training_frame(
+        inputs["entities"], inputs["refs"], timestamp_column=inputs["timestamp_column"],
+        known_time=inputs["known_time"], full_feature_names=inputs["full_feature_names"], since=since,
+        entities_version=snap["entities_version"],
+        feature_versions={v: p["table_version"] for v, p in snap["views"].items()})
+    return frame, materialized, since
 
 
 def run_retrain(ll: "Lakeloop", spec: RetrainSpec | dict, *, reason: str = "", job_id: str | None = None,
@@ -112,23 +145,11 @@ def run_retrain(ll: "Lakeloop", spec: RetrainSpec | dict, *, reason: str = "", j
         record("retrain_started", version=champion, reason=reason or "retrain requested",
                job_id=job_id, context=context or {}, spec=spec.to_dict())
 
-        materialized = {}
-        if spec.materialize:
-            for view in inputs["views"]:
-                result = ll.features.materialize(view)
-                materialized[view] = {"mode": result.mode, "rows_written": result.rows_written,
-                                      "source_version": result.source_version, "table_version": result.table_version,
-                                      "seconds": round(result.seconds, 2)}
-            record("materialized", version=champion, reason=", ".join(
+        frame, materialized, since = build_frame(ll, inputs, spec, record=lambda views: record(
+            "materialized", version=champion, reason=", ".join(
                 f"{v}: {m['mode']}, {m['rows_written']} rows, source v{m['source_version']}"
-                for v, m in materialized.items()) or "no views", views=materialized)
+                for v, m in views.items()) or "no views", views=views))
         summary["materialized"] = materialized
-
-        since = newest_since(ll, inputs["entities"], inputs["timestamp_column"], spec.train_rows) \
-            if inputs["timestamp_column"] else None
-        frame = ll.features.training_frame(
-            inputs["entities"], inputs["refs"], timestamp_column=inputs["timestamp_column"],
-            known_time=inputs["known_time"], full_feature_names=inputs["full_feature_names"], since=since)
         features = list(champ_spec.get("features") or frame.features)
         warm = [{"family": champ_spec["family"], "params": champ_spec.get("params") or {}}] \
             if champ_spec.get("family") else None
@@ -142,7 +163,8 @@ def run_retrain(ll: "Lakeloop", spec: RetrainSpec | dict, *, reason: str = "", j
             frame, target=inputs["target"], features=features, task=champ_spec.get("task"),
             metric=champ_spec.get("metric"), families=list(families), budget_s=spec.budget_s,
             max_trials=spec.max_trials, seed=spec.seed, name=model, warm_start=warm,
-            gate=Gate(margin=spec.margin, latency_budget_ms=spec.latency_budget_ms), progress=search_progress)
+            gate=Gate(margin=spec.margin, latency_budget_ms=spec.latency_budget_ms,
+                      max_latency_ratio=spec.max_latency_ratio), progress=search_progress)
         challenger = int(result.model_version)
         gate = result.gate.to_dict() if hasattr(result.gate, "to_dict") else dict(result.gate or {})
         summary.update(challenger=challenger, automl_run=result.run_id, trials=result.trials,
@@ -171,16 +193,18 @@ def run_retrain(ll: "Lakeloop", spec: RetrainSpec | dict, *, reason: str = "", j
         record("canary_started", version=challenger,
                reason=(f"v{challenger} gets {spec.canary_percent:g}% of requests" if spec.mode == "canary"
                        else f"v{challenger} answers a shadow copy of every request")
-               + f"; deciding after {spec.min_labelled} labelled rows per version (alpha {spec.alpha:g})",
+               + (f"; an always-valid test looks as labels arrive, from {spec.min_labelled} up to "
+                  f"{spec.max_labelled} labelled rows per version (alpha {spec.alpha:g} each way)" if spec.sequential
+                  else f"; deciding after {spec.min_labelled} labelled rows per version (alpha {spec.alpha:g})"),
                mode=spec.mode, percent=spec.canary_percent if spec.mode == "canary" else 0, champion=champion,
                started=started.isoformat())
 
-        task_metric = "accuracy" if champ_spec.get("task", "classification") == "classification" else "rmse"
+        task_metric = verdict_metric(champ_spec)
         comparison = _await_verdict(ll, spec, model, champion, challenger, started, task_metric, progress)
         summary["comparison"] = comparison.to_dict()
         decision = comparison.verdict if comparison.verdict != "inconclusive" else spec.on_inconclusive
         record("canary_verdict", version=challenger, reason=f"{comparison.verdict} -> {decision}: {comparison.reason}",
-               decision=decision, comparison=comparison.to_dict())
+               decision=decision, decided_by=comparison.test, comparison=comparison.to_dict())
 
         if decision == "promote":
             ll.serving.promote(model, challenger)
@@ -215,23 +239,44 @@ def run_retrain(ll: "Lakeloop", spec: RetrainSpec | dict, *, reason: str = "", j
         raise
 
 
+def verdict_metric(champ_spec: dict) -> str:
+    """What the canary compares: ROC AUC for a model selected on it (no per-row meaning: DeLong on the canary's
+    rows), accuracy for other classifiers, the squared (or absolute, for ``mae``) error for regressors."""
+    metric = champ_spec.get("metric")
+    if champ_spec.get("task", "classification") == "classification":
+        return "roc_auc" if metric == "roc_auc" else "accuracy"
+    return "mae" if metric == "mae" else "rmse"
+
+
 def _await_verdict(ll, spec: RetrainSpec, model: str, champion: int, challenger: int, started, metric: str,
                    progress):
-    """Poll the labelled rows of both arms until each has ``min_labelled`` (or the timeout); then compare."""
+    """Poll the labelled rows of both arms; every poll with new labels is a look of the always-valid test, until
+    it decides, the smaller arm has ``max_labelled`` rows or the timeout passes (``sequential=False``: one
+    fixed-sample test once each arm has ``min_labelled``)."""
     paired = spec.mode == "shadow"
     deadline = time.monotonic() + spec.decision_timeout_s
     last_said = 0.0
+    result = None
+    seen = None
     while True:
         a = labelled_rows(ll, model, champion, route="primary", since=started)
         b = labelled_rows(ll, model, challenger, route="shadow" if paired else "primary", since=started)
-        result = compare(a, b, metric=metric, paired=paired, champion=champion, challenger=challenger,
-                         alpha=spec.alpha, min_labelled=spec.min_labelled)
-        enough = result.n_champion >= spec.min_labelled and result.n_challenger >= spec.min_labelled
-        if enough or time.monotonic() >= deadline:
-            return result
+        timed_out = time.monotonic() >= deadline
+        if not spec.sequential:
+            result = compare(a, b, metric=metric, paired=paired, champion=champion, challenger=challenger,
+                             alpha=spec.alpha, min_labelled=spec.min_labelled)
+            if (result.n_champion >= spec.min_labelled and result.n_challenger >= spec.min_labelled) or timed_out:
+                return result
+        elif (len(a), len(b)) != seen or timed_out:  # a look only when labels arrived
+            seen = (len(a), len(b))
+            result = sequential_compare(a, b, metric=metric, paired=paired, champion=champion, challenger=challenger,
+                                        alpha=spec.alpha, min_labelled=spec.min_labelled,
+                                        max_labelled=spec.max_labelled, previous=result)
+            if result.verdict != "inconclusive" or timed_out or \
+                    min(result.n_champion, result.n_challenger) >= spec.max_labelled:
+                return result
         if time.monotonic() - last_said >= 10:
-            _say(progress, f"waiting for feedback: {result.n_champion} labelled rows for v{champion}, "
-                           f"{result.n_challenger} for v{challenger} (need {spec.min_labelled} each)")
+            _say(progress, f"waiting for feedback: {result.reason}")
             last_said = time.monotonic()
         time.sleep(spec.poll_s)
 

@@ -30,15 +30,20 @@ class RetrainSpec:
 
     Search: ``families`` (default: the champion's and ``linear``, ``hgb``),
     ``budget_s``, ``max_trials``, ``seed``; the champion's configuration is
-    tried first. Gate: ``margin`` over the champion on the new holdout and a
-    p95 ``latency_budget_ms``.
+    tried first. Gate: ``margin`` over the champion on the new holdout; p95
+    single-row latency at most ``max_latency_ratio`` times the champion's,
+    measured interleaved in the same run; an absolute p95
+    ``latency_budget_ms`` only if set.
 
     Proof: ``mode`` ``canary`` (the challenger gets ``canary_percent`` of the
     requests, sticky by routing key) or ``shadow`` (it answers a copy of every
-    request; paired test). Once ``min_labelled`` labelled rows per arm have
-    arrived (feedback), the two are compared at ``alpha``; a significantly
-    better challenger is promoted (champion alias, 100% traffic), a worse one
-    rolled back. ``on_inconclusive`` decides a tie, and what happens when
+    request; paired test). ``sequential`` (default): from ``min_labelled``
+    labelled rows per arm on, every poll is a look of an always-valid test
+    (:mod:`lakeloop.retrain.sequential`) that stops at the first clear win
+    (promote: champion alias, 100% traffic) or loss (roll back), at ``alpha``
+    each way, up to ``max_labelled`` rows per arm. ``sequential=False``: one
+    fixed-sample test once both arms have ``min_labelled`` rows.
+    ``on_inconclusive`` decides a tie, and what happens when
     ``decision_timeout_s`` passes first. ``retire`` removes the loser's
     deployment afterwards.
     """
@@ -55,10 +60,13 @@ class RetrainSpec:
     max_trials: int | None = None
     seed: int = 0
     margin: float = 0.0
-    latency_budget_ms: float = 250.0
+    latency_budget_ms: float | None = None
+    max_latency_ratio: float = 1.5
     mode: str = "canary"
     canary_percent: float = 20.0
-    min_labelled: int = 200
+    min_labelled: int = 100
+    max_labelled: int = 2000
+    sequential: bool = True
     alpha: float = 0.05
     on_inconclusive: str = "rollback"
     decision_timeout_s: float = 900.0
@@ -85,14 +93,21 @@ class RetrainSpec:
             bad("canary_percent", "a share of requests strictly between 0 and 100")
         if not isinstance(self.min_labelled, int) or self.min_labelled < 10:
             bad("min_labelled", "at least 10 labelled rows per version")
+        if not isinstance(self.max_labelled, int) or self.max_labelled < self.min_labelled:
+            bad("max_labelled", f"a whole number of labelled rows per version, at least min_labelled "
+                                f"({self.min_labelled})")
+        if not isinstance(self.sequential, bool):
+            bad("sequential", "true (look as labels arrive) or false (one look at min_labelled)")
         if not 0 < self.alpha < 0.5:
             bad("alpha", "the significance level must be in (0, 0.5)")
         if self.on_inconclusive not in ON_INCONCLUSIVE:
             bad("on_inconclusive", f"choose one of {', '.join(ON_INCONCLUSIVE)}")
         if self.decision_timeout_s <= 0 or self.poll_s <= 0:
             bad("decision_timeout_s" if self.decision_timeout_s <= 0 else "poll_s", "must be positive")
-        if self.latency_budget_ms <= 0:
-            bad("latency_budget_ms", "must be positive")
+        if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
+            bad("latency_budget_ms", "must be positive, or None for no absolute budget")
+        if not self.max_latency_ratio >= 1:
+            bad("max_latency_ratio", "at least 1 (the challenger's p95 over the champion's)")
         name_tuples(self, ("features", "families"), bad)
 
     def to_dict(self) -> dict[str, Any]:

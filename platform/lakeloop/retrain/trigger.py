@@ -42,11 +42,15 @@ def job_script() -> list[str]:
 
 
 def config_for_job(ll: "Lakeloop") -> dict:
-    """The connection's config as plain data for the job (the Ray address comes from the job's RAY_ADDRESS)."""
+    """The connection's config as plain data for the job, without secrets (the Ray address comes from the job's RAY_ADDRESS).
+
+    The secrets go to the lake's ``_secrets/config.json`` (0600), where the job's ``connect()``
+    finds them by lake root (:mod:`lakeloop.credentials`); never to its command line or runtime env.
+    """
+    ll.keep_secrets()
     data = ll.config.to_dict()
     data.pop("source", None)
     data.get("ray", {})["address"] = None
-    data.get("serve", {})["admin_token"] = None  # the job reads it from the lake, never from its command line
     return data
 
 
@@ -84,6 +88,12 @@ class JobTrigger:
 
     def __post_init__(self):
         RetrainSpec.from_dict(self.spec)  # a bad setting fails here, not later inside the job
+        from lakeloop.credentials import save, split
+
+        public, secret = split(self.config)
+        if secret:  # a config given with its secrets: keep them in the lake, ship the rest
+            save(self.config)
+            object.__setattr__(self, "config", public)
 
     @classmethod
     def for_lake(cls, ll: "Lakeloop", spec: RetrainSpec | Mapping[str, Any], *, address: str | None = None,
@@ -119,10 +129,29 @@ class JobTrigger:
         if "ray" in sys.modules and not (config.get("ray") or {}).get("address"):
             import ray
 
-            if ray.is_initialized():
+            if ray.is_initialized() and self._is_this_cluster():
                 gcs = ray.get_runtime_context().gcs_address
                 config = {**config, "ray": {**(config.get("ray") or {}), "address": gcs}}
         return config
+
+    def _is_this_cluster(self) -> bool:
+        """Whether the job server at ``address`` is the dashboard of the Ray this process runs in.
+
+        Only then is this process's GCS address the job's cluster; a trigger that submits to another
+        cluster leaves the job to the address its own job server gives it.
+        """
+        from urllib.parse import urlparse
+
+        import ray
+
+        own = ray._private.worker.get_dashboard_url() or ""
+        theirs = urlparse(self.address if "://" in self.address else f"http://{self.address}")
+        mine = urlparse(f"http://{own.split('://')[-1]}") if own else None
+        local = {"127.0.0.1", "localhost", "::1"}
+
+        def host(h):
+            return "127.0.0.1" if h in local else h
+        return bool(mine and mine.port == theirs.port and host(mine.hostname) == host(theirs.hostname))
 
     def running(self, client) -> list[str]:
         """Submission ids of this model's retrain jobs (in this lake) that are pending or running."""
@@ -170,6 +199,13 @@ class JobTrigger:
                         f"the Ray job server at {self.address} could not take the retrain job within "
                         f"{self.submit_timeout_s:g} s ({exc}); its dashboard agent may not have started, e.g. "
                         "because another Ray on this machine holds the agent port 52365") from exc
+                time.sleep(1.0)
+                continue
+            except OSError as exc:  # the job server dropped the connection (busy, restarting): same id, again
+                if time.monotonic() >= deadline:
+                    raise ConnectError(
+                        f"the Ray job server at {self.address} did not answer the retrain submission within "
+                        f"{self.submit_timeout_s:g} s ({type(exc).__name__}); check that the cluster is up") from None
                 time.sleep(1.0)
                 continue
             return {"submission_id": sid, "address": self.address}

@@ -10,6 +10,7 @@ changes need no restart.
 
 
 import asyncio
+import hmac
 import json
 import random
 import time
@@ -20,9 +21,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from lakeloop.errors import AuthError, ConnectError, LakeloopError, ModelNotServedError
-from lakeloop.serving.policy import TrafficPolicy
-from lakeloop.serving.validation import InputSchema, Limits, MalformedRequest, parse_request
+from lakeloop.errors import AuthError, ConnectError, LakeloopError, ModelNotServedError, ServiceUnavailableError
+from lakeloop.serving import body as bodies
+from lakeloop.serving import feedback as fb
+from lakeloop.serving.policy import TrafficPolicy, check_deploy_request, check_promote_request, check_traffic_request
+from lakeloop.serving.validation import InputSchema, Limits, MalformedRequest, check_predict
 
 POLL_S = 0.25
 SHADOW_TIMEOUT_S = 10.0
@@ -33,6 +36,41 @@ def _same(a: dict, b: dict) -> bool:
     if isinstance(pa, (int, float)) and isinstance(pb, (int, float)) and not isinstance(pa, bool):
         return abs(pa - pb) <= 1e-9 * max(1.0, abs(pa), abs(pb))
     return pa == pb
+
+
+def replica_died(exc: BaseException) -> bool:
+    """Whether a DeploymentHandle call failed because its replica (not the model) failed.
+
+    Ray raises ``ActorDiedError``/``ActorUnavailableError`` (both ``RayActorError``) for a replica
+    killed mid-request, sometimes wrapped in a ``RayTaskError`` or a ``RayServeException``; Serve
+    raises ``ReplicaUnavailableError``/``DeploymentUnavailableError`` when none can take it.
+    """
+    import ray
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, (ray.exceptions.RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)):
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    return False
+
+
+def metric_tag(name: str) -> str:
+    """A model name as a metric tag value: ASCII (escaped), bounded."""
+    return name.encode("ascii", "backslashreplace").decode()[:200]
+
+
+def name_of(request: Request) -> str:
+    """The model name in a request's path, or "" (helpers live above the classes Serve pickles)."""
+    return str(request.path_params.get("name", ""))
+
+
+def _only_empty(body: dict, arguments: dict) -> dict:
+    if body:
+        raise MalformedRequest(f"a rollback takes no fields, got {sorted(str(k)[:40] for k in body)[:10]}")
+    return arguments
 
 
 def app_name(model: str, version: int) -> str:
@@ -92,7 +130,10 @@ class Ingress:
         self.controller_name, self.namespace = controller_name, namespace
         self.admin_token = admin_token
         self.limits = Limits(max_rows=config["serve"]["max_rows"], max_bytes=config["serve"]["max_bytes"])
-        self.logbook = logbook.writer(self.ll)
+        self.feedback_token = self.ll.config.serve.feedback_token  # None: feedback needs no token
+        self.logbook = logbook.LogShipper(self.ll)  # answers wait until their log records are durable
+        self.feedback_book = fb.FeedbackBook(self.ll, getattr(self.ll.config.serve, "feedback_window_s", fb.WINDOW_S),
+                                             recent=self.logbook.recent)
         self.state_version = -1
         self.models: dict[str, dict] = {}
         self.handles: dict[tuple[str, int], object] = {}
@@ -100,8 +141,7 @@ class Ingress:
         self.rng = random.Random()
         self._metrics()
         self._poller = None
-        self._log_buffer: list[dict] = []
-        self._feedback_buffer: list[dict] = []
+        self._background: set[asyncio.Task] = set()  # shadow calls and their log writes
         # in-process mode: this replica also holds each live version and answers without a second hop
         self.in_process = bool(config["serve"].get("in_process"))
         self.local_models: dict[tuple[str, int], object] = {}
@@ -125,31 +165,22 @@ class Ingress:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self):
-        """Follow the controller's state and hand buffered log records to the writer."""
+        """Follow the controller's state."""
         while True:
             await asyncio.sleep(POLL_S)
-            self._ship_logs()
             try:
                 await self._refresh()
             except Exception:  # the controller restarting: keep serving the last state
                 continue
 
-    def _ship_logs(self) -> list:
-        """Send buffered records to the writer actor (one call per table); returns the calls' refs."""
-        from lakeloop.serving.logbook import FEEDBACK, INFERENCE
-
-        refs = []
-        for table, attr in ((INFERENCE, "_log_buffer"), (FEEDBACK, "_feedback_buffer")):
-            batch = getattr(self, attr)
-            if batch:
-                setattr(self, attr, [])
-                refs.append(self.logbook.log.remote(batch, table))
-        return refs
-
     async def __del__(self):
-        """Graceful shutdown (Serve awaits this): the writer has every buffered record before we exit."""
-        for ref in self._ship_logs():
-            await ref
+        """Graceful shutdown (Serve awaits this): shadow calls finish and their records reach the writer.
+
+        Answered requests need nothing here: each waited for its records to be durable.
+        """
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=SHADOW_TIMEOUT_S)
+        await self.logbook.drain()
 
     async def _refresh(self):
         import ray
@@ -161,7 +192,10 @@ class Ingress:
         models = snap["models"]
         handles = {}
         for name, m in models.items():
-            m["policy_obj"] = TrafficPolicy.from_dict(m["policy"]) if m.get("policy") else None
+            try:
+                m["policy_obj"] = TrafficPolicy.from_dict(m["policy"]) if m.get("policy") else None
+            except LakeloopError as exc:  # not served (404) rather than failing every request (500)
+                m["policy_obj"], m["policy_error"] = None, str(exc)
             for v, info in m["versions"].items():
                 key = (name, int(v))
                 handles[key] = self.handles.get(key) or serve.get_deployment_handle(
@@ -178,21 +212,47 @@ class Ingress:
         self.models, self.handles, self.state_version = models, handles, snap["version"]
 
     async def _call_version(self, key: tuple[str, int], rows: list[dict]) -> list[dict]:
+        """The version's answer; a request whose replica died is sent once more (Serve picks a live replica).
+
+        Raises :class:`ServiceUnavailableError` (503, ``Retry-After``) when the retry fails the same way;
+        any other exception is the model's own failure on this input.
+        """
         local = self.local_models.get(key)
         if local is not None:
             return predict_rows(local, rows)
-        return await self.handles[key].remote(rows)
+        try:
+            return await self.handles[key].remote(rows)
+        except Exception as exc:
+            if not replica_died(exc):
+                raise
+            first = exc
+        try:
+            return await self.handles[key].remote(rows)
+        except Exception as exc:
+            if not replica_died(exc):
+                raise
+            raise ServiceUnavailableError(
+                f"model {key[0]} v{key[1]} is unavailable: its replica died during the request and the retry "
+                f"failed too ({type(first).__name__}, then {type(exc).__name__}); retry shortly") from None
 
     # -- helpers -----------------------------------------------------------------
     def _model(self, name: str) -> dict:
         m = self.models.get(name)
         if m is None or not m.get("policy_obj"):
-            raise ModelNotServedError(f"model {name!r} is not served; served models: {sorted(self.models)}")
+            why = f" (its stored traffic is not valid: {m['policy_error']})" if m and m.get("policy_error") else ""
+            raise ModelNotServedError(f"model {name[:100]!r} is not served{why}; served models: {sorted(self.models)}")
         return m
 
-    def _check_admin(self, request: Request):
+    @staticmethod
+    def _bearer(request: Request, token: str | None) -> bool:
+        """Whether the request carries ``Authorization: Bearer <token>`` (compared in constant time)."""
+        if not token:
+            return False
         header = request.headers.get("authorization", "")
-        if header != f"Bearer {self.admin_token}":
+        return hmac.compare_digest(header.encode("utf-8", "replace"), f"Bearer {token}".encode())
+
+    def _check_admin(self, request: Request):
+        if not self._bearer(request, self.admin_token):
             raise AuthError("admin endpoints need 'Authorization: Bearer <token>' (the token is serve.admin_token, "
                             "or the file _serve/admin_token in the lake)")
 
@@ -222,7 +282,19 @@ class Ingress:
             rows = [{k: v for k, v in r.items() if k in model_inputs} for r in rows]
         return rows
 
-    def _log(self, request_id, name, version, route, rows, outputs, latency_ms, error=None):
+    async def _log_durable(self, table: str, records: list[dict]) -> None:
+        """Hand records to the log writer; returns once they are on its disk.
+
+        Answer 2xx only after this returns: it raises :class:`ServiceUnavailableError` (answer 503 with
+        ``Retry-After``) when the writer stays unreachable or its backlog is full. Concurrent calls
+        share one trip to the writer (group commit).
+        """
+        await self.logbook.log(table, records)
+
+    async def _log(self, request_id, name, version, route, rows, outputs, latency_ms, error=None):
+        """Log one prediction's rows to ``logs.inference`` durably (see :meth:`_log_durable`)."""
+        from lakeloop.serving.logbook import INFERENCE
+
         now = datetime.now(timezone.utc)
         records = []
         for i, row in enumerate(rows):
@@ -232,7 +304,15 @@ class Ingress:
                             "output": None if out is None else json.dumps(out, default=str),
                             "prediction": None if out is None else str(out.get("prediction")),
                             "latency_ms": latency_ms, "error": error})
-        self._log_buffer.extend(records)  # shipped every POLL_S in one actor call, not one per request
+        await self._log_durable(INFERENCE, records)
+
+    async def _log_quietly(self, stats: dict, *args, **kwargs) -> None:
+        """Log a shadow's answer; nobody waits for it, so a log outage is counted, not raised."""
+        try:
+            await self._log(*args, **kwargs)
+        except LakeloopError as exc:
+            stats["unlogged"] = stats.get("unlogged", 0) + 1
+            stats["last_log_error"] = str(exc)[:300]
 
     async def _shadow(self, request_id, name, version, rows, primary_future, primary_version):
         """Ask a shadow version too; log and compare its answer, never return it."""
@@ -242,12 +322,13 @@ class Ingress:
         try:
             out = await asyncio.wait_for(self.handles[(name, version)].remote(rows), SHADOW_TIMEOUT_S)  # own replica
         except Exception as exc:  # a shadow's failure never reaches the caller
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            error = bodies.public_message(exc)  # shown by GET /v1/models: no traceback
             stats["requests"] += 1
             stats["errors"] += 1
             stats["last_error"] = error
-            self._log(request_id, name, version, "shadow", rows, None, (time.perf_counter() - t0) * 1000, error)
-            self.m_errors.inc(1, tags={"model": name, "version": str(version), "route": "shadow"})
+            await self._log_quietly(stats, request_id, name, version, "shadow", rows, None,
+                                    (time.perf_counter() - t0) * 1000, error)
+            self.m_errors.inc(1, tags={"model": metric_tag(name), "version": str(version), "route": "shadow"})
             return
         latency = (time.perf_counter() - t0) * 1000
         try:
@@ -257,12 +338,15 @@ class Ingress:
         stats["requests"] += 1
         stats["latency_ms_sum"] += latency
         stats["agree"] += sum(1 for a, b in zip(out, primary) if _same(a, b)) / max(1, len(out))
-        self._log(request_id, name, version, "shadow", rows, out, latency)
-        self.m_requests.inc(len(rows), tags={"model": name, "version": str(version), "route": "shadow"})
+        self.m_requests.inc(len(rows), tags={"model": metric_tag(name), "version": str(version), "route": "shadow"})
+        await self._log_quietly(stats, request_id, name, version, "shadow", rows, out, latency)
 
     def _reject(self, name: str, exc: LakeloopError) -> JSONResponse:
-        self.m_rejected.inc(1, tags={"model": name, "status": str(exc.http_status)})
-        return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=exc.http_status)
+        tag = metric_tag(name) if name in self.models else "-"  # a client's made-up name is never a tag
+        self.m_rejected.inc(1, tags={"model": tag, "status": str(exc.http_status)})
+        headers = {"Retry-After": str(getattr(exc, "retry_after_s", 2))} if exc.http_status == 503 else None
+        return JSONResponse({"error": bodies.public_message(str(exc), limit=2000), "type": type(exc).__name__},
+                            status_code=exc.http_status, headers=headers)
 
     # -- routes ------------------------------------------------------------------
     @api.get("/healthz")
@@ -286,20 +370,22 @@ class Ingress:
                 versions[v] = {k: info[k] for k in ("uri", "run_id", "aliases", "deployed_at") if k in info}
                 versions[v]["shadow_stats"] = stats or None
                 versions[v]["in_process"] = (name, int(v)) in self.local_models
-            policy = m["policy_obj"]
+            policy = m.get("policy_obj")
             out[name] = {"versions": versions,
                          "traffic": {str(k): w for k, w in policy.percent.items()} if policy else {},
                          "shadow": list(policy.shadow) if policy else [], "sticky": policy.sticky if policy else None}
+            if m.get("policy_error"):
+                out[name]["error"] = m["policy_error"]
         return {"models": out, "state_version": self.state_version}
 
-    @api.post("/v1/models/{name}/predict")
+    @api.post("/v1/models/{name}/predict", openapi_extra=bodies.openapi_body(bodies.PREDICT_SCHEMA))
     async def predict(self, name: str, request: Request):
         """Predict for ``{"rows": [{...}], "routing_key": optional}``; rows hold features and/or entity ids."""
         await self._ensure_state()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
+            request_id = self._request_id(request)
             model = self._model(name)
-            body = parse_request(await request.body(), self.limits)
+            body = check_predict(await bodies.read_json(request, self.limits.max_bytes), self.limits)
             policy = model["policy_obj"]
             pinned = body.get("version")
             if pinned is not None:
@@ -318,50 +404,132 @@ class Ingress:
                 info["schema_obj"].check_row(i, row, provided, keys)
             rows = body["rows"]
             if views:  # rows with entity ids get their feature values, then are checked as complete rows
-                rows = await self._features(model, list(rows))
+                try:
+                    rows = await self._features(model, list(rows))
+                except LakeloopError:
+                    raise
+                except Exception as exc:  # the online store down or restarting: not the input's fault
+                    raise ServiceUnavailableError(f"the online feature store did not answer: "
+                                                  f"{bodies.public_message(exc)}; retry shortly") from None
                 for i, row in enumerate(rows):
                     info["schema_obj"].check_row(i, row)
         except LakeloopError as exc:
             return self._reject(name, exc)
-        tags = {"model": name, "version": str(version), "route": "primary"}
+        tags = {"model": metric_tag(name), "version": str(version), "route": "primary"}
         t0 = time.perf_counter()
         primary = asyncio.ensure_future(self._call_version((name, version), rows))
         for shadow in policy.shadow:
             if (name, shadow) in self.handles:
-                asyncio.get_running_loop().create_task(
+                task = asyncio.get_running_loop().create_task(
                     self._shadow(request_id, name, shadow, rows, primary, version))
+                self._background.add(task)  # awaited at graceful shutdown
+                task.add_done_callback(self._background.discard)
         try:
             outputs = await primary
+        except ServiceUnavailableError as exc:  # the replica died and so did the retry: not the input's fault
+            self.m_errors.inc(1, tags=tags)
+            return self._reject(name, exc)
         except Exception as exc:
             latency = (time.perf_counter() - t0) * 1000
             self.m_errors.inc(1, tags=tags)
-            self._log(request_id, name, version, "primary", rows, None, latency, error=f"{type(exc).__name__}: {exc}")
-            return JSONResponse({"error": f"model {name} v{version} failed on this input: {exc}",
+            try:  # the error row is worth keeping; a log outage does not change this answer
+                await self._log(request_id, name, version, "primary", rows, None, latency,
+                                error=f"{type(exc).__name__}: {exc}")
+            except LakeloopError:
+                pass
+            return JSONResponse({"error": f"model {name} v{version} failed on this input: "
+                                          f"{bodies.public_message(exc)}",
                                  "request_id": request_id}, status_code=422)
         latency = (time.perf_counter() - t0) * 1000
         self.m_requests.inc(len(rows), tags=tags)
         self.m_latency.observe(latency, tags=tags)
-        self._log(request_id, name, version, "primary", rows, outputs, latency)
+        try:  # answered 2xx only once the prediction is durably logged
+            await self._log(request_id, name, version, "primary", rows, outputs, latency)
+        except LakeloopError as exc:
+            return self._reject(name, exc)
+        # labels may now name this request; one whose client pinned the version does not count (a label for it
+        # would let anyone choose which version the canary's labels land on), unless the caller is trusted
+        self.feedback_book.served(request_id, name, version, len(rows),
+                                  pinned=pinned is not None and not self._bearer(request, self.admin_token))
         return {"request_id": request_id, "model": name, "version": version,
                 "versions": [version] * len(outputs), "predictions": outputs}
 
-    @api.post("/v1/feedback")
+    def _request_id(self, request: Request) -> str:
+        """A new id; a caller holding the admin token may supply its own (``X-Request-Id``)."""
+        given = request.headers.get("x-request-id")
+        if given is None or not self._bearer(request, self.admin_token):
+            return uuid.uuid4().hex
+        if not fb.REQUEST_ID.fullmatch(given):
+            raise MalformedRequest("X-Request-Id must be 1-128 letters, digits, '.', '_', ':' or '-'")
+        return given
+
+    @api.post("/v1/feedback", openapi_extra=bodies.openapi_body(bodies.FEEDBACK_SCHEMA))
     async def feedback(self, request: Request):
-        """Ground truth: ``{"request_id": ..., "label": ...}`` or ``"labels": [...]`` (one per row)."""
+        """Ground truth for a served request: ``{"request_id", "label"}`` (``"row"``: which) or ``"labels"``.
+
+        Once per row; see :mod:`lakeloop.serving.feedback` for what is accepted.
+        """
+        return await self._label(request, correction=False)
+
+    @api.post("/v1/feedback/correct", openapi_extra=bodies.openapi_body(bodies.FEEDBACK_SCHEMA))
+    async def feedback_correct(self, request: Request):
+        """Replace labels already given (admin or feedback token); audited in ``logs.events``."""
+        return await self._label(request, correction=True)
+
+    async def _label(self, request: Request, correction: bool):
+        from lakeloop.serving.logbook import FEEDBACK
+
+        await self._ensure_state()
         try:
-            body = json.loads(await request.body())
-            if not isinstance(body, dict) or not isinstance(body.get("request_id"), str):
-                raise ValueError('send {"request_id": "<id from predict>", "label": value}')
-            labels = body.get("labels", [body.get("label")] if "label" in body else None)
-            if not isinstance(labels, list) or not labels or any(lb is None for lb in labels):
-                raise ValueError('"label" (or "labels", one per row) is required and may not be null')
-        except ValueError as exc:
-            return JSONResponse({"error": f"bad feedback: {exc}"}, status_code=400)
-        now = datetime.now(timezone.utc)
-        self._feedback_buffer.extend({"request_id": body["request_id"], "row": i, "label": json.dumps(lb),
-                                      "time": now} for i, lb in enumerate(labels))
-        await self._ensure_state()  # starts the loop that ships the buffer
-        return {"request_id": body["request_id"], "labels": len(labels)}
+            if correction:
+                if not (self._bearer(request, self.admin_token) or self._bearer(request, self.feedback_token)):
+                    raise AuthError("corrections need 'Authorization: Bearer <token>': the admin token, or "
+                                    "serve.feedback_token when it is set")
+            elif self.feedback_token and not (self._bearer(request, self.feedback_token)
+                                              or self._bearer(request, self.admin_token)):
+                raise AuthError("feedback needs 'Authorization: Bearer <serve.feedback_token>'")
+            request_id, given, reason = fb.check_body(
+                await bodies.read_json(request, self.limits.max_bytes, "feedback body"), self.limits.max_rows)
+            served = await self.feedback_book.find(request_id)
+            if served.pinned:
+                raise fb.LabelConflictError(
+                    f"request {request_id} pinned its version, so its labels do not count: labels are accepted "
+                    "for requests the traffic policy routed (or pinned by a caller with the admin token)")
+            labels = fb.rows_of(given, served)
+            info = (self.models.get(served.model) or {}).get("versions", {}).get(str(served.version)) or {}
+            kind = info.get("label") or {"kind": "scalar"}
+            for row, label in labels.items():
+                fb.check_label(label, kind, f"row {row}")
+            if not correction:
+                taken = sorted(set(labels) & served.labelled)
+                if taken:
+                    raise fb.LabelConflictError(
+                        f"row(s) {taken[:20]} of request {request_id} already have a label; a label is given once "
+                        "per row. To change one, POST /v1/feedback/correct with the admin or feedback token")
+                served.labelled.update(labels)  # before any await: a concurrent second label is refused
+            else:
+                await asyncio.to_thread(self._audit_correction, request_id, served, labels, reason)
+                served.labelled.update(labels)
+            now = datetime.now(timezone.utc)
+            try:  # answered 2xx only once the labels are durably logged
+                await self._log_durable(FEEDBACK, [{"request_id": request_id, "row": row, "label": json.dumps(lb),
+                                                    "time": now} for row, lb in sorted(labels.items())])
+            except LakeloopError:
+                if not correction:
+                    served.labelled.difference_update(labels)  # not logged: the client may send it again
+                raise
+        except LakeloopError as exc:
+            return self._reject("", exc)
+        return {"request_id": request_id, "labels": len(labels), "rows": sorted(labels),
+                "model": served.model, "version": served.version, "corrected": correction}
+
+    def _audit_correction(self, request_id: str, served, labels: dict, reason) -> None:
+        from lakeloop.monitoring.events import record_event
+
+        record_event(self.ll, "feedback_corrected", served.model, version=served.version, source="serving",
+                     reason=(reason or "label corrected")[:1000],
+                     details={"request_id": request_id, "labels": {str(r): lb for r, lb in labels.items()},
+                              "corrected": True})
 
     # -- admin -------------------------------------------------------------------
     async def _admin(self, request: Request, method: str, build):
@@ -371,47 +539,47 @@ class Ingress:
         try:
             self._check_admin(request)
             try:
-                body = json.loads(await request.body() or b"{}")
-            except ValueError as exc:
-                raise MalformedRequest(f"request body is not valid JSON: {exc}") from exc
+                body = await bodies.read_json(request, self.limits.max_bytes, "admin request body", empty={})
+            except LakeloopError as exc:  # every admin payload problem is a 400 that says what was wrong
+                if exc.http_status == 422:
+                    raise MalformedRequest(str(exc)) from None
+                raise
             if not isinstance(body, dict):
-                raise MalformedRequest("request body must be a JSON object")
+                raise MalformedRequest(f"request body must be a JSON object, got {type(body).__name__}")
+            arguments = build(body)  # checked here: nothing changes or restarts for a bad payload
             try:
                 controller = ray.get_actor(self.controller_name, namespace=self.namespace)
             except ValueError as exc:
                 raise ConnectError("the serving controller is not running; restart with lakeloop serve up") from exc
             try:
-                result = await getattr(controller, method).remote(**build(body))
+                result = await getattr(controller, method).remote(**arguments)
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, LakeloopError):
                     raise exc.cause from None
-                raise
+                return JSONResponse({"error": f"the serving controller failed: {bodies.public_message(exc)}",
+                                     "type": type(exc.cause or exc).__name__}, status_code=500)
             await self._refresh()
             return result
         except LakeloopError as exc:
-            return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=exc.http_status)
+            return self._reject(name_of(request), exc)
 
-    @api.post("/v1/admin/models/{name}/deploy")
+    @api.post("/v1/admin/models/{name}/deploy", openapi_extra=bodies.openapi_body(bodies.DEPLOY_SCHEMA))
     async def admin_deploy(self, name: str, request: Request):
         """Deploy ``{"version": 3}`` or ``{"alias": "challenger"}``, optionally ``"weight"`` or ``"shadow": true``."""
-        return await self._admin(request, "deploy", lambda b: {
-            "model": name, "ref": b.get("version", b.get("alias")), "weight": b.get("weight"),
-            "shadow": bool(b.get("shadow", False))})
+        return await self._admin(request, "deploy", lambda b: {"model": name, **check_deploy_request(b)})
 
-    @api.put("/v1/admin/models/{name}/traffic")
+    @api.put("/v1/admin/models/{name}/traffic", openapi_extra=bodies.openapi_body(bodies.TRAFFIC_SCHEMA))
     async def admin_traffic(self, name: str, request: Request):
         """Set ``{"weights": {"3": 90, "4": 10}, "shadow": [5], "sticky": true}``."""
-        return await self._admin(request, "set_traffic", lambda b: {
-            "model": name, "weights": b.get("weights") or {}, "shadow": b.get("shadow", []),
-            "sticky": b.get("sticky", True)})
+        return await self._admin(request, "set_traffic", lambda b: {"model": name, **check_traffic_request(b)})
 
-    @api.post("/v1/admin/models/{name}/promote")
+    @api.post("/v1/admin/models/{name}/promote", openapi_extra=bodies.openapi_body(bodies.PROMOTE_SCHEMA))
     async def admin_promote(self, name: str, request: Request):
         """Make ``{"version": N}`` champion and give it all traffic (``"force": true`` skips the gate)."""
-        return await self._admin(request, "promote", lambda b: {"model": name, "version": b.get("version"),
-                                                                "force": bool(b.get("force", False))})
+        return await self._admin(request, "promote", lambda b: {"model": name, **check_promote_request(b)})
 
-    @api.post("/v1/admin/models/{name}/rollback")
+    @api.post("/v1/admin/models/{name}/rollback", openapi_extra=bodies.openapi_body(bodies.EMPTY_SCHEMA))
     async def admin_rollback(self, name: str, request: Request):
         """Give the champion alias and all traffic back to the previous champion."""
-        return await self._admin(request, "rollback", lambda b: {"model": name})
+        return await self._admin(request, "rollback", lambda b: _only_empty(b, {"model": name}))
+

@@ -1,24 +1,50 @@
 """The inference log: every prediction to ``logs.inference``, every label to ``logs.feedback``.
 
-Replicas hand records to one detached writer actor per lake, which batches
-them and appends to Delta when ``flush_rows`` records are waiting or
-``flush_s`` seconds have passed, and on ``close()`` (graceful shutdown), so
-nothing accepted is lost. Writes are single Delta commits; a failed write
-keeps its records for the next attempt.
+Exactly once, through any single process kill. An ingress replica answers a
+prediction or a label 2xx only after the writer actor has acknowledged its
+records, and the writer acknowledges a batch only once it is in its
+write-ahead log on disk (:mod:`lakeloop.serving.wal`, fsync'd). Concurrent
+requests share one acknowledgement (group commit, :class:`LogShipper`).
+
+The writer seals the active segment every ``flush_s`` seconds or
+``flush_rows`` rows and appends sealed segments to Delta in one commit per
+table, carrying the segment number as a Delta app transaction
+(``lakeloop.logbook/<table>``): a writer that restarts after the commit but
+before it forgot the segment sees the number in the table and does not write
+it again. Each batch has an id; a batch sent again because its
+acknowledgement was lost is recognised and written once.
+
+Memory and disk are bounded: an ingress holds at most ``MAX_WAITING_ROWS``
+rows waiting for the writer and the writer at most ``max_backlog_rows`` rows
+not yet in Delta; beyond that, and when the writer stays unreachable for
+``ACK_TIMEOUT_S``, requests are answered 503 with ``Retry-After`` (nothing
+answered 2xx is then owed to the log).
+
+The write-ahead log lives in ``<lake>/_wal/<table>/``; for a remote lake
+(``s3://`` ...) it lives on the local disk of the writer's node
+(``~/.cache/lakeloop/wal/<lake hash>``), so there it survives a process kill
+but not the loss of that node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from lakeloop.errors import LakeloopError, SchemaError, ServiceUnavailableError
 
 if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
 
 INFERENCE = "logs.inference"
 FEEDBACK = "logs.feedback"
+TABLES = (INFERENCE, FEEDBACK)
 INFERENCE_COLUMNS = {
     "request_id": {"type": "string", "required": True}, "row": "int64", "time": "timestamp",
     "model": "string", "version": "int64", "route": "string", "features": "string", "output": "string",
@@ -26,81 +52,263 @@ INFERENCE_COLUMNS = {
 }
 FEEDBACK_COLUMNS = {"request_id": {"type": "string", "required": True}, "row": "int64",
                     "label": "string", "time": "timestamp"}
+APP_ID = "lakeloop.logbook/{table}"  # Delta app transaction id: the last segment committed
+MAX_WAITING_ROWS = 20_000  # per ingress replica, waiting for the writer's acknowledgement
+ACK_TIMEOUT_S = 10.0  # how long an ingress retries a dead or restarting writer before answering 503
+RETRY_AFTER_S = 2
+KNOWN_BATCHES = 200_000  # batch ids remembered per table (covers RETAIN_S of traffic)
+
+
+class LogBacklogError(ServiceUnavailableError):
+    """The writer has too many rows not yet in Delta; the request should be retried later."""
 
 
 def writer_name(lake_root: str) -> str:
     return "lakeloop-logbook-" + hashlib.sha256(lake_root.encode()).hexdigest()[:10]
 
 
-class Logbook:
-    """The batching writer (runs as a Ray actor; plain class for tests and in-process use)."""
+def wal_root(ll: "Lakeloop") -> Path:
+    """Where the write-ahead log of this lake lives (see the module docstring)."""
+    if ll.lake.is_local:
+        return Path(ll.lake.root, "_wal")
+    digest = hashlib.sha256(ll.lake.root.encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "lakeloop" / "wal" / digest
 
-    def __init__(self, config: dict, flush_rows: int = 500, flush_s: float = 1.0):
+
+class Logbook:
+    """The writer (runs as a Ray actor; a plain class for tests and in-process use).
+
+    :meth:`log` returns once the batch is on disk. A background thread moves
+    the log into Delta; :meth:`flush` does it now, :meth:`close` at shutdown.
+    """
+
+    def __init__(self, config: dict, flush_rows: int = 500, flush_s: float = 1.0,
+                 max_backlog_rows: int = 500_000, autoflush: bool = True):
         import lakeloop
+        from lakeloop.serving.wal import WriteAheadLog
 
         self.ll = lakeloop.connect(config)
-        self.flush_rows, self.flush_s = flush_rows, flush_s
-        self.pending: dict[str, list[dict]] = {INFERENCE: [], FEEDBACK: []}
-        self.lock = threading.Lock()
-        self.written = {INFERENCE: 0, FEEDBACK: 0}
-        self.last_flush = time.monotonic()
-        self.errors = 0
+        self.flush_rows, self.flush_s, self.max_backlog_rows = flush_rows, flush_s, max_backlog_rows
+        self.lock = threading.Lock()  # the WAL and the counters
+        self.flush_lock = threading.Lock()  # one Delta commit at a time
+        self.written = {t: 0 for t in TABLES}
+        self.errors, self.last_error = 0, None
+        self.schemas: dict = {}
         self.ll.lake.create(INFERENCE, INFERENCE_COLUMNS, exist_ok=True,
                             description="every prediction served: request, version, route, features, output")
         self.ll.lake.create(FEEDBACK, FEEDBACK_COLUMNS, exist_ok=True, description="ground-truth labels by request")
+        root = wal_root(self.ll)
+        self.wal = {t: WriteAheadLog(root / t) for t in TABLES}
+        self.known: dict[str, OrderedDict] = {t: OrderedDict() for t in TABLES}
+        self.requests: OrderedDict[str, dict] = OrderedDict()  # recent primary predictions, for feedback checks
+        self.backlog = {t: 0 for t in TABLES}  # rows on disk, not yet in Delta
+        for table in TABLES:  # replay: what an earlier writer accepted is still owed to Delta
+            done = self._committed(table)
+            self.wal[table].start_after(done)
+            for seq in self.wal[table].segments():
+                for batch_id, records in self.wal[table].read(seq):
+                    self._remember(table, batch_id)
+                    self._index(table, records)
+                    if seq > done:
+                        self.backlog[table] += len(records)
         self._stop = threading.Event()
-        self._timer = threading.Thread(target=self._tick, daemon=True)
-        self._timer.start()
+        self._due = threading.Event()
+        self._due.set()  # flush what the replay found right away
+        self._timer = threading.Thread(target=self._tick, daemon=True, name="logbook-flush")
+        if autoflush:  # False: only flush() and close() move the log to Delta
+            self._timer.start()
 
-    def _tick(self):
-        while not self._stop.wait(self.flush_s / 2):
-            if time.monotonic() - self.last_flush >= self.flush_s:
-                self.flush()
-
-    def log(self, records: list[dict], table: str = INFERENCE) -> int:
+    # -- accepting -----------------------------------------------------------------
+    def log(self, records: list[dict], table: str = INFERENCE, batch_id: str | None = None) -> int:
+        """Make ``records`` durable; returns how many were new (0 for a batch already written)."""
+        if table not in self.wal:
+            raise LakeloopError(f"unknown log table {table!r}; the log tables are {', '.join(TABLES)}")
+        if not records:
+            return 0
+        batch_id = batch_id or uuid.uuid4().hex
+        self._arrow(table, records)  # a record the table cannot take is refused now, not at flush time
         with self.lock:
-            self.pending[table].extend(records)
-            due = len(self.pending[table]) >= self.flush_rows
+            if batch_id in self.known[table]:
+                return 0
+            if self.backlog[table] + len(records) > self.max_backlog_rows:
+                raise LogBacklogError(
+                    f"the inference log writer has {self.backlog[table]} rows of {table} not yet in the lake "
+                    f"(limit {self.max_backlog_rows}; last write error: {self.last_error}); retry later")
+            self.wal[table].append(batch_id, records)
+            self._remember(table, batch_id)
+            self._index(table, records)
+            self.backlog[table] += len(records)
+            due = self.wal[table].active_rows >= self.flush_rows
         if due:
-            self.flush()
+            self._due.set()
         return len(records)
 
-    def flush(self) -> dict:
-        """Write everything waiting; returns rows written per table."""
-        import pandas as pd
+    def _remember(self, table: str, batch_id: str) -> None:
+        known = self.known[table]
+        known[batch_id] = None
+        while len(known) > KNOWN_BATCHES:
+            known.popitem(last=False)
 
-        out = {}
+    def _index(self, table: str, records: list[dict]) -> None:
+        """Remember recent requests (model, version, rows, labelled rows), bounded like the batch ids."""
+        for r in records:
+            if table == INFERENCE and r.get("route") != "primary":
+                continue
+            entry = self.requests.get(r["request_id"])
+            if entry is None:
+                if table != INFERENCE:
+                    continue
+                entry = self.requests[r["request_id"]] = {
+                    "model": r.get("model"), "version": r.get("version"), "rows": 0, "time": str(r.get("time")),
+                    "labelled": set()}
+            if table == INFERENCE:
+                entry["rows"] = max(entry["rows"], int(r.get("row") or 0) + 1)
+            else:
+                entry["labelled"].add(int(r.get("row") or 0))
+        while len(self.requests) > KNOWN_BATCHES:
+            self.requests.popitem(last=False)
+
+    def recent(self, request_id: str) -> dict | None:
+        """A recent primary prediction as logged (any ingress replica): model, version, rows, time, labelled rows.
+
+        Covers what the write-ahead log holds and what went to Delta lately, so a label sent to another
+        ingress replica right after the prediction finds it before the Delta commit.
+        """
         with self.lock:
-            batches = {t: rows for t, rows in self.pending.items() if rows}
-            self.pending = {INFERENCE: [], FEEDBACK: []}
-            self.last_flush = time.monotonic()
-        for table, rows in batches.items():
+            entry = self.requests.get(request_id)
+            return None if entry is None else {**entry, "labelled": sorted(entry["labelled"])}
+
+    def _arrow(self, table: str, records: list[dict]):
+        import pyarrow as pa
+
+        if table not in self.schemas:
+            self.schemas[table] = self.ll.lake.table(table).schema
+        rows = [{**r, "time": _utc(r["time"])} if "time" in r else r for r in records]
+        try:
+            data = pa.Table.from_pylist(rows)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise SchemaError(f"log records for {table} do not fit its schema: {exc}") from None
+        return self.schemas[table].conform(data, table=table)
+
+    # -- moving to Delta -------------------------------------------------------------
+    def _tick(self):
+        while not self._stop.is_set():
+            self._due.wait(self.flush_s)
+            if self._stop.is_set():
+                return
+            self._due.clear()
             try:
-                self.ll.lake.table(table).append(pd.DataFrame(rows))
-            except Exception:
-                self.errors += 1
-                with self.lock:  # keep them for the next flush
-                    self.pending[table] = rows + self.pending[table]
-                raise
-            self.written[table] += len(rows)
-            out[table] = len(rows)
+                self.flush()
+            except Exception:  # counted in self.errors; the segments stay for the next attempt
+                time.sleep(min(5.0, self.flush_s))
+
+    def _committed(self, table: str) -> int:
+        from deltalake import DeltaTable
+
+        t = self.ll.lake.table(table)
+        version = DeltaTable(t.uri, storage_options=self.ll.lake.storage_options or None).transaction_version(
+            APP_ID.format(table=table))
+        return -1 if version is None else int(version)
+
+    def flush(self) -> dict:
+        """Seal the active segments and append every sealed one to Delta; returns rows written per table."""
+        out = {}
+        with self.flush_lock:
+            with self.lock:
+                for wal in self.wal.values():
+                    wal.seal()
+            for table, wal in self.wal.items():
+                try:
+                    n = self._commit(table, wal)
+                except Exception as exc:
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                    raise
+                if n:
+                    out[table] = n
         return out
 
+    def _commit(self, table: str, wal) -> int:
+        from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+        sealed = wal.sealed()
+        done = self._committed(table)
+        todo = [s for s in sealed if s > done]
+        seen, records, logged = set(), [], 0
+        for seq in todo:
+            for batch_id, batch in wal.read(seq):
+                logged += len(batch)
+                if batch_id not in seen:  # the same batch twice in the log is written once
+                    seen.add(batch_id)
+                    records.extend(batch)
+        if records:
+            t = self.ll.lake.table(table)
+            storage = self.ll.lake.storage_options or None
+            props = CommitProperties(
+                custom_metadata={"lakeloop.operation": "append",
+                                 "lakeloop.logbook.segments": f"{todo[0]}-{todo[-1]}"},
+                app_transactions=[Transaction(APP_ID.format(table=table), todo[-1])], max_commit_retries=20)
+            write_deltalake(DeltaTable(t.uri, storage_options=storage), self._arrow(table, records),
+                            mode="append", commit_properties=props, storage_options=storage)
+        with self.lock:
+            self.backlog[table] = max(0, self.backlog[table] - logged)
+            self.written[table] += len(records)
+        for seq in sealed:  # committed: forgotten once a retried batch can no longer arrive
+            if seq in todo and not records:  # only torn lines: nothing was acknowledged
+                wal.remove(seq)
+            elif seq <= (todo[-1] if records else done) and (self._stop.is_set() or wal.age_s(seq) > _retain_s()):
+                wal.remove(seq)
+        return len(records)
+
+    # -- status and shutdown -----------------------------------------------------------
     def stats(self) -> dict:
         with self.lock:
-            waiting = {t: len(r) for t, r in self.pending.items()}
-        return {"written": dict(self.written), "pending": waiting, "errors": self.errors}
+            backlog = dict(self.backlog)
+        return {"written": dict(self.written), "pending": backlog, "errors": self.errors,
+                "last_error": self.last_error}
 
     def close(self) -> dict:
+        """Stop the timer and write everything to Delta (graceful shutdown)."""
         self._stop.set()
-        return self.flush()
+        self._due.set()
+        if self._timer.is_alive():
+            self._timer.join(timeout=30)
+        written = self.flush()
+        with self.lock:
+            for wal in self.wal.values():
+                wal.close()
+        return written
 
     def __ray_shutdown__(self):  # Ray calls this when the actor exits gracefully
         self.close()
 
 
+def _utc(value):
+    """A record's time (a datetime, or its ISO text as read back from the write-ahead log) in UTC."""
+    from datetime import datetime, timezone
+
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's type and first line, without a traceback (it goes into an HTTP answer)."""
+    cause = getattr(exc, "cause", None) or exc
+    first = (str(cause).strip().splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first[:200]}"
+
+
+def _retain_s() -> float:
+    from lakeloop.serving.wal import RETAIN_S
+
+    return RETAIN_S
+
+
 def writer(ll: "Lakeloop"):
-    """The detached writer actor of this lake (started if not running)."""
+    """The detached writer actor of this lake (started if not running; restarted by Ray if it dies)."""
     import ray
 
     ll.ensure_ray()
@@ -122,3 +330,118 @@ def stop_writer(ll: "Lakeloop") -> dict | None:
     written = ray.get(actor.close.remote())
     ray.kill(actor, no_restart=True)
     return written
+
+
+class LogShipper:
+    """The ingress side: group commit of log records to the writer, bounded, with retries.
+
+    ``await shipper.log(table, records)`` returns once the writer has the
+    records on disk, or raises :class:`~lakeloop.errors.ServiceUnavailableError`
+    (answer 503 with ``Retry-After``). Records of concurrent requests travel in
+    one call per table; while one call is in flight, the next requests gather.
+    """
+
+    def __init__(self, ll: "Lakeloop", max_waiting_rows: int = MAX_WAITING_ROWS, ack_timeout_s: float = ACK_TIMEOUT_S):
+        self.ll = ll
+        self.max_waiting_rows, self.ack_timeout_s = max_waiting_rows, ack_timeout_s
+        self.actor = None
+        self.waiting: list[tuple[str, list[dict], asyncio.Future]] = []
+        self.waiting_rows = 0
+        self.task: asyncio.Task | None = None
+        self.sent = 0  # calls that reached the writer
+        self.retries = 0
+
+    async def log(self, table: str, records: list[dict]) -> None:
+        if not records:
+            return
+        if self.waiting_rows + len(records) > self.max_waiting_rows:
+            raise ServiceUnavailableError(
+                f"{self.waiting_rows} log rows are waiting for the inference log writer (limit "
+                f"{self.max_waiting_rows}); retry later", retry_after_s=RETRY_AFTER_S)
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((table, records, future))
+        self.waiting_rows += len(records)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        await asyncio.shield(future)  # a cancelled request does not cancel the others' commit
+
+    async def _run(self):
+        while self.waiting:
+            batch, self.waiting = self.waiting, []
+            self.waiting_rows -= sum(len(r) for _, r, _ in batch)
+            tables: dict[str, list] = {}
+            for table, records, future in batch:
+                tables.setdefault(table, []).append((records, future))
+            await asyncio.gather(*(self._commit(t, items) for t, items in tables.items()))
+
+    async def _commit(self, table: str, items: list) -> None:
+        records = [r for rs, _ in items for r in rs]
+        try:
+            await self._send(table, records, uuid.uuid4().hex)
+        except Exception as exc:
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in items:
+            if not future.done():
+                future.set_result(None)
+
+    async def _send(self, table: str, records: list[dict], batch_id: str) -> None:
+        """One batch to the writer, retried (same id) while it is dead or restarting, up to the deadline."""
+        import ray
+
+        deadline = time.monotonic() + self.ack_timeout_s
+        last: Exception | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceUnavailableError(
+                    f"the inference log writer did not acknowledge within {self.ack_timeout_s:.0f} s "
+                    f"({_short(last) if last else 'timeout'}); the request was not logged, retry it",
+                    retry_after_s=RETRY_AFTER_S)
+            try:
+                if self.actor is None:
+                    self.actor = await asyncio.to_thread(writer, self.ll)
+                await asyncio.wait_for(self.actor.log.remote(records, table, batch_id), left)
+                self.sent += 1
+                return
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, LakeloopError):  # back-pressure (503), or records the table refuses
+                    raise exc.cause from None
+                last = exc  # the writer failed on this call (e.g. its disk): retried until the deadline
+            except ray.exceptions.ActorDiedError as exc:  # killed for good: a new writer (get_if_exists)
+                last, self.actor = exc, None
+            except (ray.exceptions.RayActorError, asyncio.TimeoutError) as exc:  # restarting: same handle
+                last = exc
+            except Exception as exc:  # e.g. the named actor vanished between lookups: look it up again
+                last, self.actor = exc, None
+            self.retries += 1
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    async def recent(self, request_id: str) -> dict | None:
+        """The writer's :meth:`Logbook.recent`, retried while it restarts (it rebuilds its index from the
+        write-ahead log); :class:`ServiceUnavailableError` when it cannot answer within the deadline."""
+        import ray
+
+        deadline = time.monotonic() + self.ack_timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if self.actor is None:
+                    self.actor = await asyncio.to_thread(writer, self.ll)
+                return await asyncio.wait_for(self.actor.recent.remote(request_id), max(left, 0.1))
+            except ray.exceptions.ActorDiedError as exc:
+                last, self.actor = exc, None
+            except (ray.exceptions.RayError, asyncio.TimeoutError, ValueError) as exc:
+                last = exc
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailableError(
+                    f"the inference log writer cannot tell whether request id {request_id!r} was served "
+                    f"({_short(last)}); retry the label", retry_after_s=RETRY_AFTER_S)
+            await asyncio.sleep(0.2)
+
+    async def drain(self, timeout_s: float = 20.0) -> None:
+        """Wait for calls in flight (graceful shutdown)."""
+        if self.task is not None and not self.task.done():
+            await asyncio.wait({self.task}, timeout=timeout_s)

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lakeloop.errors import ConnectError, LakeloopError
+from lakeloop.errors import ConfigError, ConnectError, LakeloopError
 
 if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
@@ -72,6 +72,11 @@ class Serving:
         from lakeloop.serving.controller import controller_name
         from lakeloop.serving.deployments import Ingress, app_name
 
+        cfg = self.ll.config
+        for key in ("replicas", "ingress_replicas"):
+            if getattr(cfg.serve, key) < 1:
+                raise ConfigError(f"serve.{key} must be at least 1, got {getattr(cfg.serve, key)}; "
+                                  "2 or more keep serving through a replica's death")
         controller = self._controller(create=True)
         logbook.writer(self.ll)
         state = ray.get(controller.snapshot.remote(-1))
@@ -81,7 +86,8 @@ class Serving:
                 if app_name(model, int(v)) not in running:
                     ray.get(controller.deploy.remote(model, int(v)))
         cfg = self.ll.config
-        return Ingress.options(ray_actor_options={"num_cpus": cfg.serve.replica_cpus}).bind(
+        return Ingress.options(num_replicas=cfg.serve.ingress_replicas,
+                               ray_actor_options={"num_cpus": cfg.serve.replica_cpus}).bind(
             cfg.to_dict(), controller_name(cfg.lake.root), cfg.ray.namespace, admin_token(self.ll))
 
     def up(self, timeout_s: float = 120) -> str:
@@ -118,7 +124,7 @@ class Serving:
         from lakeloop.serving import logbook
 
         controller = self._controller(create=True)
-        serve.delete(INGRESS_APP)  # first: its replicas hand their buffered log records to the writer
+        serve.delete(INGRESS_APP)  # first: requests in flight finish, shadow answers reach the writer
         removed = ray.get(controller.undeploy_all.remote())
         flushed = logbook.stop_writer(self.ll)
         ray.kill(controller, no_restart=True)
@@ -170,7 +176,9 @@ class Serving:
         return self._call("retire", model=model, version=version)
 
     def status(self) -> dict:
-        return self._call("status")
+        """The controller's state (a dict) plus, when the endpoint answers, shadow stats; shows itself in Jupyter."""
+        from lakeloop.display import serving_status
+        return serving_status(self._call("status"), self.url)
 
     # -- HTTP client -----------------------------------------------------------------------
     def predict(self, model: str, rows: list[dict], *, routing_key: str | None = None) -> dict:

@@ -1,0 +1,95 @@
+"""A Ray head for tests, started with the README's single-machine line on ports of its own.
+
+`ray start --head --block` runs in its own process group with its own temp dir, so it never
+touches the test session's Ray (or anyone else's); it is stopped by that process group, by id,
+never by `ray stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import BIN
+
+# the README's line for a single-machine head (Configuration), plus ports of its own for the test
+HEAD_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+HEAD_ARGS = ["start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1"]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports nothing listens on right now."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_head(temp_dir: str, num_cpus: int = 1):
+    """Start the head; returns (process, dashboard address, env for Ray clients)."""
+    gcs, dash, client, agent, agent_grpc, runtime_env_agent, metrics = free_ports(7)
+    env = {**os.environ, **HEAD_ENV, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {k: v for k, v in env.items() if not k.startswith("LAKELOOP_") and k != "RAY_ADDRESS"}
+    with open(Path(temp_dir, "head.log"), "w") as log:
+        head = subprocess.Popen(
+            [str(BIN / "ray"), *HEAD_ARGS, "--block", "--port", str(gcs), "--dashboard-port", str(dash),
+             "--num-cpus", str(num_cpus), "--ray-client-server-port", str(client),
+             "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+             "--runtime-env-agent-port", str(runtime_env_agent), "--metrics-export-port", str(metrics),
+             "--temp-dir", temp_dir],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return head, f"http://127.0.0.1:{dash}", env
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(head.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.killpg(head.pid, signal.SIGKILL)  # what is left of that head: its own process group, by id
+
+
+@contextmanager
+def running_head(num_cpus: int = 1, timeout_s: float = 120):
+    """A head whose job server answers; yields (dashboard address, env for Ray clients, head pid)."""
+    from lakeloop.retrain.trigger import auth_headers
+
+    temp_dir = tempfile.mkdtemp(prefix="llray-", dir="/tmp")  # short: Unix socket paths have a length limit
+    head, address, env = start_head(temp_dir, num_cpus)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:  # the job server answers once the head is up
+            try:
+                req = urllib.request.Request(f"{address}/api/jobs/", headers=auth_headers())
+                with urllib.request.urlopen(req, timeout=3) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert head.poll() is None, Path(temp_dir, "head.log").read_text()
+            assert time.monotonic() < deadline, f"the Ray head's job server did not answer within {timeout_s:g} s"
+            time.sleep(1)
+        yield address, env, head.pid
+    finally:
+        stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
