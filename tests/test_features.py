@@ -43,6 +43,8 @@ def test_definitions_are_keyword_only_immutable_and_validated():
     assert fs_defs.user_windows.feature_names[0] == "amount_count_1h"
     with pytest.raises(DefinitionError, match="window"):
         Aggregation(column="amount", function="sum", window="soon")
+    with pytest.raises(DefinitionError, match="must start with a letter"):
+        Entity(name="user\n", join_keys=["user_id"])  # a trailing newline would pass `^...$` with match
     with pytest.raises(DefinitionError, match="median"):
         Aggregation(column="amount", function="median", window="1h")
     with pytest.raises(DefinitionError, match="more than once"):

@@ -46,14 +46,14 @@ def parse_duration(value: str | timedelta | None, what: str = "duration") -> tim
     """``"90s"``, ``"15m"``, ``"1h"``, ``"7d"``, ``"2w"`` or a timedelta."""
     if value is None or isinstance(value, timedelta):
         return value
-    m = _DURATION.match(str(value).strip())
+    m = _DURATION.fullmatch(str(value).strip())
     if not m:
         raise DefinitionError(f"{what} {value!r} is not a duration like 30s, 15m, 1h, 7d or 2w")
     return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DefinitionError(f"{kind} name {name!r} must start with a letter and hold letters, digits, '_'")
 
 
