@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +37,11 @@ from lakeloop.features import materialize as mat  # noqa: E402
 from lakeloop.features.definitions import Aggregation, Entity, FeatureView  # noqa: E402
 from lakeloop.features.pit import KNOWN_AT, KNOWN_UNTIL, FeatureIndex, sort_features  # noqa: E402
 
+from features import timed  # noqa: E402  (bench/features.py: best of `repeat` runs)
+
 N_FEATURES = 10
 DAY_US = 86400 * 1_000_000
 START_US = pd.Timestamp("2026-01-01", tz="UTC").value // 1000
-
-
-def timed(fn, repeat: int):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def feature_rows(n: int, n_entities: int, rng) -> pd.DataFrame:
