@@ -19,14 +19,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lakeloop demo
 
+# two pytest-xdist workers: each test module runs whole on one worker, the serving modules together
+# (tests/conftest.py orders and groups them); `make test PYTEST_WORKERS=0` runs the suite in one process
+PYTEST_WORKERS ?= 2
+PYTEST_DIST    := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_DIST)
 
 tools:  # test-only programs from Debian packages (Prometheus for tests/test_prometheus.py), when root
 	@deploy/install-prometheus.sh
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_DIST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) lake/*/ lake/mlflow.db lake/_* .pytest_cache

@@ -1,10 +1,14 @@
 """The bitemporal point-in-time join's cost beside the plain join, on the same generated data, in one run.
 
     .venv/bin/python bench/pit.py                        # 1M entity rows x 1M feature rows, 10 features
+    .venv/bin/python bench/pit.py --feature-rows 10000000  # the 1M x 10M target
     .venv/bin/python bench/pit.py --rows 200000          # smaller, for a busy machine
 
-Equal terms: the same feature rows and the same entity rows, in memory (no lake),
-the numba kernel warmed up first, best of ``--repeat`` runs each:
+Equal terms: the same feature rows and the same entity rows, in memory (no lake), in
+arrival order (unsorted: each side sorts as it needs, inside its timing), the same key
+type on both sides (int64, or ``--keys str``); the first call (lakeloop: numba kernels
+loaded from their disk cache, or compiled) reported apart from the warm best of
+``--repeat``:
 
   * ``plain``: ``FeatureIndex(known_time=False)`` build + lookup (event time only);
   * ``bitemporal``: ``FeatureIndex(known_time=True)`` build + lookup on the same rows
@@ -12,7 +16,8 @@ the numba kernel warmed up first, best of ``--repeat`` runs each:
   * ``bitemporal + versions``: the same rows plus superseded versions (``--superseded``
     share of rows changed once by a later commit: deletes, upserts, backfills);
   * ``pandas merge_asof``: the plain join's answer from ``pandas.merge_asof`` on the
-    same frames (sort included), checked equal to ``plain``.
+    same frames (its sort by time included, query order restored), checked equal to
+    ``plain`` on every feature column.
 
 Also measures what versions cost to store: a source with ``--superseded`` of its
 rows deleted or backfilled, materialized (windowed aggregates) into bitemporal rows,
@@ -24,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from lakeloop.features import materialize as mat  # noqa: E402
 from lakeloop.features.definitions import Aggregation, Entity, FeatureView  # noqa: E402
-from lakeloop.features.pit import KNOWN_AT, KNOWN_UNTIL, FeatureIndex, sort_features  # noqa: E402
+from lakeloop.features.pit import KNOWN_AT, KNOWN_UNTIL, FeatureIndex  # noqa: E402
 
 from features import timed  # noqa: E402  (bench/features.py: best of `repeat` runs)
 
@@ -44,9 +51,13 @@ DAY_US = 86400 * 1_000_000
 START_US = pd.Timestamp("2026-01-01", tz="UTC").value // 1000
 
 
-def feature_rows(n: int, n_entities: int, rng) -> pd.DataFrame:
+def keys_of(ids: np.ndarray, kind: str) -> np.ndarray:
+    return ids.astype(np.int64) if kind == "int" else np.array([f"e{i:07d}" for i in ids], dtype=object)
+
+
+def feature_rows(n: int, n_entities: int, rng, kind: str = "int") -> pd.DataFrame:
     ts = START_US + rng.integers(0, 90 * DAY_US, n)
-    df = pd.DataFrame({"entity_id": np.array([f"e{i:07d}" for i in rng.integers(0, n_entities, n)], dtype=object),
+    df = pd.DataFrame({"entity_id": keys_of(rng.integers(0, n_entities, n), kind),
                        "ts": pd.to_datetime(ts, unit="us", utc=True)})
     df[KNOWN_AT] = df["ts"] + pd.to_timedelta(rng.integers(0, 3600 * 1_000_000, n), unit="us")
     for i in range(N_FEATURES):
@@ -68,19 +79,19 @@ def with_versions(current: pd.DataFrame, share: float, rng) -> pd.DataFrame:
     return pd.concat([new, old], ignore_index=True)
 
 
-def entity_rows(n: int, n_entities: int, rng) -> pd.DataFrame:
-    return pd.DataFrame({"entity_id": np.array([f"e{i:07d}" for i in rng.integers(0, n_entities, n)], dtype=object),
+def entity_rows(n: int, n_entities: int, rng, kind: str = "int") -> pd.DataFrame:
+    return pd.DataFrame({"entity_id": keys_of(rng.integers(0, n_entities, n), kind),
                          "t": pd.to_datetime(START_US + rng.integers(0, 95 * DAY_US, n), unit="us", utc=True)})
 
 
 def join(features: pa.Table, query: pa.Table, known_time: bool, ttl_us: int):
     cols = [f"f{i}" for i in range(N_FEATURES)]
-    index = FeatureIndex(features, keys=["entity_id"], ts="ts", columns=cols, presorted=True, known_time=known_time)
+    index = FeatureIndex(features, keys=["entity_id"], ts="ts", columns=cols, known_time=known_time)
     return index.lookup(query, query_ts="t", ttl_us=ttl_us, known_time=known_time)
 
 
 def pandas_asof(features: pd.DataFrame, query: pd.DataFrame, ttl: pd.Timedelta) -> pd.DataFrame:
-    f = features.sort_values(["ts", KNOWN_AT] + [f"f{i}" for i in range(N_FEATURES)], kind="stable")
+    f = features.sort_values("ts", kind="stable")  # merge_asof needs both sides sorted by time, nothing more
     q = query.reset_index().sort_values("t", kind="stable")
     out = pd.merge_asof(q, f.drop(columns=[KNOWN_AT, KNOWN_UNTIL]), left_on="t", right_on="ts", by="entity_id",
                         tolerance=ttl, direction="backward", allow_exact_matches=True)
@@ -117,7 +128,9 @@ def storage_cost(n: int, share: float, rng) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rows", type=int, default=1_000_000, help="feature rows and entity rows (each)")
+    p.add_argument("--rows", type=int, default=1_000_000, help="entity rows (and feature rows unless given)")
+    p.add_argument("--feature-rows", type=int, help="feature rows (default: --rows)")
+    p.add_argument("--keys", choices=["int", "str"], default="int", help="entity key type, the same on both sides")
     p.add_argument("--entities", type=int, default=100_000)
     p.add_argument("--superseded", type=float, default=0.10, help="share of rows with a superseded version")
     p.add_argument("--source-rows", type=int, default=200_000, help="rows of the storage-cost source")
@@ -129,18 +142,20 @@ def main(argv=None) -> int:
     ttl = pd.Timedelta(days=7)
     ttl_us = int(ttl.total_seconds() * 1_000_000)
 
-    feats = feature_rows(args.rows, args.entities, rng)
+    n_feats = args.feature_rows or args.rows
+    feats = feature_rows(n_feats, args.entities, rng, args.keys)
     versions = with_versions(feats, args.superseded, rng)
-    query_df = entity_rows(args.rows, args.entities, rng)
-    f_plain = sort_features(pa.Table.from_pandas(feats, preserve_index=False), ["entity_id"], "ts")
-    f_versions = sort_features(pa.Table.from_pandas(versions, preserve_index=False), ["entity_id"], "ts")
+    query_df = entity_rows(args.rows, args.entities, rng, args.keys)
+    f_plain = pa.Table.from_pandas(feats, preserve_index=False)  # arrival order: the join sorts
+    f_versions = pa.Table.from_pandas(versions, preserve_index=False)
     query = pa.Table.from_pandas(query_df, preserve_index=False)
-    small = query.slice(0, 1000)
-    join(f_plain, small, False, ttl_us), join(f_plain, small, True, ttl_us)  # compile the kernels once
 
     rows = []
+    cold_s, _ = timed(lambda: join(f_plain, query, False, ttl_us), 1)  # first call: kernels loaded or compiled
+    cold_pd_s, _ = timed(lambda: pandas_asof(feats, query_df, ttl), 1)
     plain_s, plain = timed(lambda: join(f_plain, query, False, ttl_us), args.repeat)
     rows.append(("plain (event time)", plain_s, f_plain.num_rows))
+    join(f_plain, query.slice(0, 1000), True, ttl_us)  # the bitemporal kernel's first call
     bt_s, bt = timed(lambda: join(f_plain, query, True, ttl_us), args.repeat)
     rows.append(("bitemporal, same rows", bt_s, f_plain.num_rows))
     btv_s, btv = timed(lambda: join(f_versions, query, True, ttl_us), args.repeat)
@@ -149,31 +164,41 @@ def main(argv=None) -> int:
     rows.append(("pandas merge_asof (plain)", pd_s, len(feats)))
 
     # the same answers: plain == merge_asof; the bitemporal join never returns a row not yet known
-    same_as_pandas = bool(np.allclose(plain["f0"].to_numpy(zero_copy_only=False),
-                                      pd_out["f0"].to_numpy(), equal_nan=True))
+    differing = [f"f{i}" for i in range(N_FEATURES)
+                 if not np.array_equal(plain[f"f{i}"].to_numpy(zero_copy_only=False).astype(float),
+                                       pd_out[f"f{i}"].to_numpy(float), equal_nan=True)]
+    same_as_pandas = not differing
     known_hits = int(np.asarray(bt["f0"].is_valid()).sum())
     plain_hits = int(np.asarray(plain["f0"].is_valid()).sum())
     storage = storage_cost(args.source_rows, args.superseded, rng)
 
-    print(f"point-in-time join, {query.num_rows:,} entity rows, {args.entities:,} entities, "
-          f"{N_FEATURES} features, ttl 7d, best of {args.repeat}")
+    load = [round(x, 2) for x in os.getloadavg()]
+    print(f"point-in-time join, {query.num_rows:,} entity rows x {n_feats:,} feature rows, {args.entities:,} "
+          f"entities ({args.keys} keys), {N_FEATURES} features, ttl 7d, warm: best of {args.repeat}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load {load}")
+    print(f"first call (cold): lakeloop {cold_s:.3f} s, pandas merge_asof {cold_pd_s:.3f} s "
+          f"({cold_pd_s / cold_s:.2f}x)")
     print(f"{'join':34s} {'feature rows':>13s} {'seconds':>9s} {'rows/s':>12s} {'vs plain':>9s}")
     for name, s, n in rows:
         print(f"{name:34s} {n:>13,} {s:>9.3f} {query.num_rows / s:>12,.0f} {s / plain_s:>8.2f}x")
-    print(f"plain join answer equals pandas merge_asof: {same_as_pandas}; rows filled: plain {plain_hits:,}, "
+    print(f"warm: pandas merge_asof / lakeloop plain = {pd_s / plain_s:.2f}x")
+    print(f"plain join answer equals pandas merge_asof on all {N_FEATURES} feature columns: {same_as_pandas}"
+          f"{'' if same_as_pandas else ' (differ: ' + ', '.join(differing) + ')'}; rows filled: plain {plain_hits:,}, "
           f"bitemporal {known_hits:,} (a row counts only once known)")
     print(f"storage: {storage['source_rows']:,} source rows, {storage['changed_share']:.0%} deleted or backfilled "
           f"later -> {storage['feature_rows_bitemporal']:,} bitemporal feature rows for {storage['current_rows']:,} "
           f"current ({storage['extra_rows_per_current_row']:.3f} extra per current row); compute "
           f"{storage['compute_s_bitemporal']:.2f} s vs {storage['compute_s_plain']:.2f} s for the snapshot alone")
     result = {
-        "rows": query.num_rows, "entities": args.entities, "features": N_FEATURES, "repeat": args.repeat,
+        "rows": query.num_rows, "feature_rows": n_feats, "keys": args.keys, "load_avg": load,
+        "cold_seconds": {"plain": round(cold_s, 4), "pandas_merge_asof": round(cold_pd_s, 4)},
+        "entities": args.entities, "features": N_FEATURES, "repeat": args.repeat,
         "seconds": {"plain": round(plain_s, 4), "bitemporal": round(bt_s, 4), "bitemporal_versions": round(btv_s, 4),
                     "pandas_merge_asof": round(pd_s, 4)},
         "ratio_bitemporal_vs_plain": round(bt_s / plain_s, 3),
         "ratio_bitemporal_versions_vs_plain": round(btv_s / plain_s, 3),
         "ratio_pandas_vs_plain": round(pd_s / plain_s, 3),
-        "same_answer_as_pandas": same_as_pandas, "rows_filled": {"plain": plain_hits, "bitemporal": known_hits},
+        "same_answer_as_pandas": same_as_pandas, "columns_compared": N_FEATURES, "columns_differing": differing, "rows_filled": {"plain": plain_hits, "bitemporal": known_hits},
         "storage": storage,
     }
     print(f"ratio bitemporal / plain: {result['ratio_bitemporal_vs_plain']:.2f}x (same rows), "

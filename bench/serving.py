@@ -1,30 +1,47 @@
-"""Serving benchmark: lakeloop's endpoint beside a FastAPI+uvicorn floor and `mlflow models serve`.
+"""Serving benchmark: lakeloop beside `mlflow models serve`, plain Ray Serve and a FastAPI floor, all up at once.
 
-    .venv/bin/python bench/serving.py [--seconds 10] [--concurrency 1,8]
+    .venv/bin/python bench/serving.py [--seconds 10] [--rounds 2] [--concurrency 1,8,32] [--json-out FILE]
 
 One registered model (a scikit-learn HistGradientBoosting pipeline as an MLflow
-pyfunc), the same one-row payload, closed-loop load from wrk (Debian package
-``wrk``; one wrk thread so the load generator leaves the servers a core), on
-loopback only, bounded in time. For each server and concurrency: requests/s,
-p50/p95/p99 latency, non-2xx/socket errors, and ratios of lakeloop to (b) the
-floor and (c) mlflow. lakeloop runs twice: versions in their own deployments (the
-default: proxy -> ingress -> version), and ``serve.in_process`` (the ingress answers
-from its own copy: one hop less). Prints a table and JSON (``--json-out FILE`` too).
+pyfunc), the same one-row payload, loopback only. Every server is started
+first and stays up (they share the machine the whole time); then each round
+measures every (concurrency, server) point for ``seconds / rounds`` after a
+warm-up, servers in a rotated order each round, so drift in the machine's load
+spreads over all of them. Closed-loop load from wrk (one thread) when
+installed, else a Python load generator (threads, keep-alive). Per point:
+req/s (all requests / all time), p50 (median of the rounds' p50) and p99 (the
+worst round's), errors (non-2xx and socket errors). Servers:
+
+- ``lakeloop``: ``serve.mode`` fast (the default: the version inside the ingress
+  replica, batched) with ``serve.ingress: haproxy`` (opt-in), started by ``lakeloop serve up``;
+- ``lakeloop_split``: the same endpoint, another model with 90/10 split and a shadow;
+- ``lakeloop_isolated``: ``serve.mode: isolated`` (one hop to the version's deployment);
+- ``mlflow_models_serve``; ``ray_serve_proxy`` / ``ray_serve_haproxy``: one plain
+  Serve deployment holding the model, behind Serve's Python proxy / HAProxy;
+- ``fastapi_floor``: the model in a bare FastAPI + uvicorn process.
+
+Also the start: ``lakeloop serve up -m bench`` and ``mlflow models serve`` are
+started side by side, and the time to each one's first 200 is printed.
+Prints a table, the ratios, the load average before and after, and JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import http.client
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,6 +49,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 ROW = {"amount": 120.5, "hour": 3.0, "country": "BR", "merchant_risk": 0.7}
+INGRESS = "haproxy"  # lakeloop's rows: serve.ingress haproxy (opt-in; the default is Serve's Python proxy)
+SERVERS = ("lakeloop", "lakeloop_split", "lakeloop_isolated", "mlflow_models_serve", "ray_serve_proxy",
+           "ray_serve_haproxy", "fastapi_floor")
 
 WRK_LUA = """
 wrk.method = "POST"
@@ -40,9 +60,8 @@ wrk.body = [[%s]]
 done = function(summary, latency, requests)
   local errors = summary.errors.status + summary.errors.connect + summary.errors.read
                  + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT %%d %%f %%f %%f %%f %%d\\n", summary.requests,
-    summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(95) / 1000,
-    latency:percentile(99) / 1000, errors))
+  io.write(string.format("RESULT %%d %%f %%f %%f %%d\\n", summary.requests,
+    summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors))
 end
 """
 
@@ -60,6 +79,38 @@ FLOOR_APP = textwrap.dedent('''
         return {"predictions": out.to_dict("records")}
 ''')
 
+PLAIN_SERVE = textwrap.dedent('''
+    """Plain Ray Serve: one deployment holding the model; HAProxy ingress when BENCH_HAPROXY=1."""
+    import os, sys, time
+    import mlflow.pyfunc, pandas as pd, ray
+    from ray import serve
+    from starlette.requests import Request
+    from lakeloop.client import start_local_ray
+    from lakeloop.serving.service import haproxy_env
+
+    @serve.deployment(max_ongoing_requests=64)
+    class Plain:
+        def __init__(self, path):
+            self.model = mlflow.pyfunc.load_model(path)
+
+        async def __call__(self, request: Request):
+            body = await request.json()
+            return {"predictions": self.model.predict(pd.DataFrame(body["rows"])).to_dict("records")}
+
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    env = haproxy_env("127.0.0.1") if os.environ.get("BENCH_HAPROXY") == "1" else None
+    serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ["BENCH_PORT"])},
+                controller_options={"runtime_env": {"env_vars": env}} if env else None)
+    serve.run(Plain.bind(os.environ["BENCH_MODEL_PATH"]), name="plain", route_prefix="/predict")
+    print("READY", flush=True)
+    sys.stdin.read()  # until the benchmark closes our stdin
+    node = ray.get_runtime_context().get_node_id()
+    serve.shutdown()
+    from lakeloop.serving.service import haproxy_processes, stop_processes
+    stop_processes(haproxy_processes(node))  # a haproxy can outlive Serve: by PID
+    ray.shutdown()
+''')
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -67,21 +118,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, body: bytes, timeout: float = 180) -> None:
+def post_ok(url: str, body: bytes, timeout: float = 5) -> bool:
+    try:
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def wait_http(url: str, body: bytes, proc: subprocess.Popen | None = None, timeout: float = 300) -> float:
+    """Poll until the URL answers 200; returns the monotonic time it first did."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            time.sleep(0.5)
+        if post_ok(url, body):
+            return time.monotonic()
+        if proc is not None and proc.poll() is not None:
+            log = getattr(proc, "log_path", None)
+            tail = Path(log).read_text(errors="replace")[-3000:] if log else ""
+            raise RuntimeError(f"the server for {url} exited with {proc.returncode}:\n{tail}")
+        time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-def register_model(ll) -> tuple[str, int, str]:
-    """Train the benchmark's model and register it; returns (name, version, local path)."""
+def register_model(ll) -> tuple[str, int, str, str]:
+    """Train the benchmark's model and register it; returns (name, version, local path, model uri)."""
     import mlflow
     import numpy as np
     import pandas as pd
@@ -103,102 +164,257 @@ def register_model(ll) -> tuple[str, int, str]:
                                        signature=infer_signature(X, model.predict(None, X.head(3))),
                                        code_paths=[str(BENCH / "servable.py")], registered_model_name="bench")
     local = mlflow.artifacts.download_artifacts(info.model_uri)
-    return "bench", int(info.registered_model_version), local
+    return "bench", int(info.registered_model_version), local, info.model_uri
 
 
-def run_wrk(url: str, body: dict, concurrency: int, seconds: int) -> dict:
+# -- load generators ---------------------------------------------------------------------
+def run_wrk(url: str, body: dict, concurrency: int, seconds: float) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(WRK_LUA % json.dumps(body))
         script = fh.name
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", script, url],
-                         capture_output=True, text=True, timeout=seconds + 60)
-    os.unlink(script)
-    m = re.search(r"RESULT (\d+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+) (\d+)", out.stdout)
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                              "-s", script, url], capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        os.unlink(script)
+    m = re.search(r"RESULT (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\d+)", out.stdout)
     if not m:
         raise RuntimeError(f"wrk gave no result: {out.stdout}\n{out.stderr}")
-    n, dur, p50, p95, p99, errors = m.groups()
+    n, dur, p50, p99, errors = m.groups()
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
-    return {"requests": int(n), "rps": round(int(n) / float(dur), 1), "p50_ms": round(float(p50), 2),
-            "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2),
+    return {"requests": int(n), "duration_s": float(dur), "p50_ms": float(p50), "p99_ms": float(p99),
             "errors": int(errors) + (int(non2xx.group(1)) if non2xx else 0)}
 
 
+def run_python(url: str, body: dict, concurrency: int, seconds: float) -> dict:
+    """Closed loop: ``concurrency`` threads, each one keep-alive connection, one request at a time."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    data = json.dumps(body).encode()
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = time.monotonic()
+    deadline = start + seconds
+
+    def worker():
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        mine, bad = [], 0
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", parts.path, body=data, headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                if r.status == 200:
+                    mine.append((time.perf_counter() - t0) * 1000)
+                else:
+                    bad += 1
+            except Exception:
+                bad += 1
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            errors[0] += bad
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    duration = time.monotonic() - start
+    latencies.sort()
+
+    def pct(q):
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+
+    return {"requests": len(latencies) + errors[0], "duration_s": duration, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "errors": errors[0]}
+
+
+def combine(rounds: list[dict]) -> dict:
+    """One point from its rounds: all requests over all time; median p50; worst p99."""
+    n = sum(r["requests"] for r in rounds)
+    return {"rps": round(n / sum(r["duration_s"] for r in rounds), 1), "requests": n,
+            "p50_ms": round(statistics.median(r["p50_ms"] for r in rounds), 2),
+            "p99_ms": round(max(r["p99_ms"] for r in rounds), 2), "errors": sum(r["errors"] for r in rounds)}
+
+
+# -- servers -----------------------------------------------------------------------------
+class Servers:
+    """Every server as a subprocess in its own session (stopped by process group at the end)."""
+
+    def __init__(self, tmp: str, env: dict):
+        self.tmp, self.env = tmp, env
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], env: dict | None = None, stdin=None) -> subprocess.Popen:
+        path = Path(self.tmp) / f"server{len(self.procs)}.log"
+        with open(path, "wb") as log:
+            proc = subprocess.Popen(args, cwd=self.tmp, env={**self.env, **(env or {})}, start_new_session=True,
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=stdin)
+        proc.log_path = path
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        """lakeloop: SIGINT (it stops what it started); plain Serve: stdin closed; others: SIGTERM to the group."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                if proc.stdin:
+                    proc.stdin.close()
+                elif "lakeloop" in str(proc.args[0]):
+                    proc.send_signal(signal.SIGINT)
+                else:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=90)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:  # whatever is left of its process group
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait(timeout=30)
+
+
+def lakeloop_env(lake: str, port: int, tracking: str, **extra) -> dict:
+    env = {"LAKELOOP_LAKE_ROOT": lake, "LAKELOOP_SERVE_PORT": str(port), "LAKELOOP_MLFLOW_TRACKING_URI": tracking,
+           "LAKELOOP_MLFLOW_REGISTRY_URI": tracking,
+           "LAKELOOP_RAY_DASHBOARD_PORT": str(free_port())}  # its own Ray; everything else as by default
+    return {**env, **{f"LAKELOOP_SERVE_{k.upper()}": str(v) for k, v in extra.items()}}
+
+
+def start_all(servers: Servers, ll, name: str, version: int, local: str, split: list[int]) -> tuple[dict, dict]:
+    """Every server up; returns {server: (url, body)} and the start times measured side by side."""
+    from lakeloop.serving.service import admin_token, http_json
+
+    tracking = ll.config.tracking_uri
+    one = json.dumps({"rows": [ROW]}).encode()
+    urls: dict = {}
+    # lakeloop (default) and mlflow models serve, started together: the time to each one's first 200
+    lake_port, mlflow_port = free_port(), free_port()
+    t0 = time.monotonic()
+    lake_proc = servers.start([str(BIN / "lakeloop"), "serve", "up", "-m", name],
+                              lakeloop_env(ll.config.lake.root, lake_port, tracking, ingress=INGRESS))
+    mlflow_proc = servers.start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
+                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)])
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}/invocations"
+    mlflow_body = {"dataframe_records": [ROW]}
+    lake_url = f"http://127.0.0.1:{lake_port}/v1/models/{name}/predict"
+    done: dict = {}
+
+    def first_200(key, url, body, proc):
+        done[key] = round(wait_http(url, body, proc) - t0, 2)
+
+    waits = [threading.Thread(target=first_200, args=("lakeloop", lake_url, one, lake_proc)),
+             threading.Thread(target=first_200, args=("mlflow_models_serve", mlflow_url,
+                                                      json.dumps(mlflow_body).encode(), mlflow_proc))]
+    for t in waits:
+        t.start()
+    for t in waits:
+        t.join()
+    if set(done) != {"lakeloop", "mlflow_models_serve"}:
+        raise RuntimeError(f"a server did not start: {done}")
+    start = {"lakeloop_serve_up_s": done["lakeloop"], "mlflow_models_serve_s": done["mlflow_models_serve"],
+             "ratio": round(done["lakeloop"] / done["mlflow_models_serve"], 3)}
+    urls["lakeloop"] = (lake_url, {"rows": [ROW]})
+    urls["mlflow_models_serve"] = (mlflow_url, mlflow_body)
+    # the split: model "bench_split" (the same model, 3 versions) 90/10 with the third as a shadow
+    base = f"http://127.0.0.1:{lake_port}/v1/admin/models/bench_split"
+    token = admin_token(ll)
+    for v, extra in ((split[0], {}), (split[1], {"weight": 10}), (split[2], {"shadow": True})):
+        http_json("POST", f"{base}/deploy", {"version": v, **extra}, token=token, timeout=300)
+    split_url = f"http://127.0.0.1:{lake_port}/v1/models/bench_split/predict"
+    urls["lakeloop_split"] = (split_url, {"rows": [ROW]})
+    # isolated mode: another lake (its own Ray), the same MLflow store
+    iso_port = free_port()
+    iso = servers.start([str(BIN / "lakeloop"), "serve", "up", "-m", name],
+                        lakeloop_env(f"{servers.tmp}/lake_isolated", iso_port, tracking, mode="isolated",
+                                     ingress=INGRESS))
+    urls["lakeloop_isolated"] = (f"http://127.0.0.1:{iso_port}/v1/models/{name}/predict", {"rows": [ROW]})
+    # plain Ray Serve, Python proxy and HAProxy
+    (Path(servers.tmp) / "plain_serve.py").write_text(PLAIN_SERVE)
+    plain = {}
+    for server, haproxy in (("ray_serve_proxy", "0"), ("ray_serve_haproxy", "1")):
+        port = free_port()
+        plain[server] = servers.start([sys.executable, "plain_serve.py"],
+                                      {"BENCH_PORT": str(port), "BENCH_HAPROXY": haproxy}, stdin=subprocess.PIPE)
+        urls[server] = (f"http://127.0.0.1:{port}/predict", {"rows": [ROW]})
+    # the floor
+    (Path(servers.tmp) / "floor_app.py").write_text(FLOOR_APP)
+    floor_port = free_port()
+    floor = servers.start([str(BIN / "uvicorn"), "floor_app:app", "--host", "127.0.0.1", "--port", str(floor_port),
+                           "--workers", "1", "--log-level", "warning"])
+    urls["fastapi_floor"] = (f"http://127.0.0.1:{floor_port}/predict", {"rows": [ROW]})
+    for server, proc in (("lakeloop_isolated", iso), *plain.items(), ("fastapi_floor", floor)):
+        url, body = urls[server]
+        try:
+            wait_http(url, json.dumps(body).encode(), proc)
+        except RuntimeError as exc:  # measured without it, and said so in the output
+            print(f"{server} did not start: {exc}", file=sys.stderr)
+            start.setdefault("did_not_start", {})[server] = str(exc)[-2000:]
+            del urls[server]
+    wait_http(split_url, one)
+    return urls, start
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="lakeloop serving benchmark")
-    p.add_argument("--seconds", type=int, default=10)
-    p.add_argument("--concurrency", default="1,8")
+    p = argparse.ArgumentParser(description="lakeloop serving benchmark (all servers up together)")
+    p.add_argument("--seconds", type=float, default=10, help="measured seconds per point (over all rounds)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds the seconds are split over")
+    p.add_argument("--warmup", type=float, default=2, help="seconds of load before each point's first round")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--json-out")
     args = p.parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
-        return 2
     levels = [int(c) for c in args.concurrency.split(",")]
+    use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
+    load = run_wrk if use_wrk else run_python
 
     import lakeloop
 
-    results: dict = {"machine": f"{os.cpu_count()} cores", "seconds": args.seconds, "payload_rows": 1}
-    procs: list[subprocess.Popen] = []
+    results: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "machine": f"{os.cpu_count()} cores", "loadavg_before": os.getloadavg(),
+                     "seconds_per_point": args.seconds, "rounds": args.rounds, "payload_rows": 1,
+                     "loadgen": "wrk -t1" if use_wrk else "python threads", "points": {}}
     with tempfile.TemporaryDirectory(prefix="lakeloop-bench-serving-") as tmp:
-        ll = lakeloop.connect(lake_root=f"{tmp}/lake", serve_port=free_port())
-        name, version, local = register_model(ll)
-        env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "BENCH_MODEL_PATH": local,
-               "MLFLOW_TRACKING_URI": ll.config.tracking_uri, "PYTHONPATH": str(BENCH)}
+        ll = lakeloop.connect(lake_root=f"{tmp}/lake")
+        name, version, local, uri = register_model(ll)
+        import mlflow
+
+        split = [int(mlflow.register_model(uri, "bench_split").version) for _ in range(3)]  # the same model
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
+        env.update({"PATH": f"{BIN}:{os.environ.get('PATH', '')}", "BENCH_MODEL_PATH": local,
+                    # one OpenMP thread per server process, as Ray gives its workers: HGB's OpenMP threads
+                    # spinning on a loaded 2-core box made the floor 5-50x slower than mlflow in one run
+                    "OMP_NUM_THREADS": "1",
+                    "MLFLOW_TRACKING_URI": ll.config.tracking_uri, "PYTHONPATH": str(BENCH)})
+        servers = Servers(tmp, env)
         try:
-            servers = {}
-            # (b) the floor
-            (Path(tmp) / "floor_app.py").write_text(FLOOR_APP)
-            floor_port = free_port()
-            procs.append(subprocess.Popen([str(BIN / "uvicorn"), "floor_app:app", "--host", "127.0.0.1", "--port",
-                                           str(floor_port), "--workers", "1", "--log-level", "warning"],
-                                          cwd=tmp, env=env, start_new_session=True))
-            servers["fastapi_floor"] = (f"http://127.0.0.1:{floor_port}/predict", {"rows": [ROW]})
-            # (c) mlflow models serve
-            mlflow_port = free_port()
-            procs.append(subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
-                                           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],
-                                          cwd=tmp, env=env, start_new_session=True,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            servers["mlflow_models_serve"] = (f"http://127.0.0.1:{mlflow_port}/invocations",
-                                              {"dataframe_records": [ROW]})
-            for url, body in servers.values():
-                wait_http(url, json.dumps(body).encode())
-
-            def measure(server, url, body):
-                results[server] = {}
+            ll.models.promote(name, version, force=True)
+            urls, results["start"] = start_all(servers, ll, name, version, local, split)
+            print(f"start to first 200: {results['start']}", file=sys.stderr)
+            runs: dict = {s: {c: [] for c in levels} for s in SERVERS}
+            for r in range(args.rounds):
                 for c in levels:
-                    run_wrk(url, body, c, 2)  # warm-up
-                    results[server][f"c{c}"] = run_wrk(url, body, c, args.seconds)
-                    print(f"{server} c={c}: {results[server][f'c{c}']}", file=sys.stderr)
-
-            for server, (url, body) in servers.items():
-                measure(server, url, body)
-            # (a) lakeloop: the version in its own deployment (the default), then in-process in the ingress
-            for server, in_process in (("lakeloop", False), ("lakeloop_in_process", True)):
-                ll = lakeloop.connect(lake_root=f"{tmp}/lake", serve_port=ll.config.serve.port,
-                                      serve_in_process=in_process)
-                ll.serving.up()
-                ll.serving.deploy(name, version)
-                url = f"{ll.serving.url}/v1/models/{name}/predict"
-                wait_http(url, json.dumps({"rows": [ROW]}).encode())
-                measure(server, url, {"rows": [ROW]})
-                ll.serving.down()
-            results["ratios"] = {f"c{c}": {
-                f"{server}_vs_{base}": round(results[server][f"c{c}"]["rps"] / results[b][f"c{c}"]["rps"], 3)
-                for server in ("lakeloop", "lakeloop_in_process")
-                for base, b in (("floor", "fastapi_floor"), ("mlflow", "mlflow_models_serve"))} for c in levels}
+                    order = list(SERVERS[r % len(SERVERS):] + SERVERS[:r % len(SERVERS)])
+                    for server in order:
+                        if server not in urls:
+                            continue
+                        url, body = urls[server]
+                        if r == 0:
+                            load(url, body, c, args.warmup)
+                        runs[server][c].append(load(url, body, c, args.seconds / args.rounds))
+                        print(f"round {r} {server} c={c}: {runs[server][c][-1]}", file=sys.stderr)
+            results["points"] = {s: {f"c{c}": combine(runs[s][c]) for c in levels} for s in SERVERS if s in urls}
         finally:
-            for proc in procs:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=30)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            import ray
-            from ray import serve
-
-            if ray.is_initialized():
-                serve.shutdown()
-                ray.shutdown()
+            servers.stop()
+    results["loadavg_after"] = os.getloadavg()
+    results["ratios"] = ratios(results["points"], levels)
     report(results, levels)
     print(json.dumps(results, indent=2))
     if args.json_out:
@@ -206,21 +422,37 @@ def main(argv=None) -> int:
     return 0
 
 
-def report(r: dict, levels: list[int]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"serving one row, wrk closed loop, {r['seconds']} s each ({r['machine']})")
-    for c in ("server", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"):
-        t.add_column(c)
-    for server in ("lakeloop", "lakeloop_in_process", "fastapi_floor", "mlflow_models_serve"):
-        for c in levels:
-            x = r[server][f"c{c}"]
-            t.add_row(server, str(c), str(x["rps"]), str(x["p50_ms"]), str(x["p95_ms"]), str(x["p99_ms"]),
-                      str(x["errors"]))
-    Console().print(t)
+def ratios(points: dict, levels: list[int]) -> dict:
+    out = {}
     for c in levels:
-        Console().print(f"c={c}: " + ", ".join(f"{k.replace('_vs_', '/')} {v}x" for k, v in r["ratios"][f"c{c}"].items()))
+        k = f"c{c}"
+        rps = {s: points[s][k]["rps"] if s in points else None for s in SERVERS}
+        out[k] = {f"{s}_vs_{base}": round(rps[s] / rps[b], 3) if rps[s] and rps[b] else None
+                  for s in ("lakeloop", "lakeloop_split", "lakeloop_isolated")
+                  for base, b in (("mlflow", "mlflow_models_serve"), ("floor", "fastapi_floor"))}
+        floor_p50 = points["fastapi_floor"][k]["p50_ms"] if "fastapi_floor" in points else None
+        for s in ("lakeloop", "lakeloop_split"):
+            p50 = points[s][k]["p50_ms"]
+            out[k][f"{s}_p50_vs_floor_p50"] = round(p50 / floor_p50, 3) if floor_p50 else None
+    return out
+
+
+def report(r: dict, levels: list[int]) -> None:
+    print(f"serving one row, {r['loadgen']} closed loop, {r['seconds_per_point']} s per point over {r['rounds']} "
+          f"alternating rounds, {r['machine']}, {r['date']}; load average before {r['loadavg_before']}, "
+          f"after {r['loadavg_after']}")
+    print(f"start to first 200: lakeloop serve up {r['start']['lakeloop_serve_up_s']} s, mlflow models serve "
+          f"{r['start']['mlflow_models_serve_s']} s (ratio {r['start']['ratio']})")
+    print(f"{'server':<22}{'c':>4}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for c in levels:
+        for s in SERVERS:
+            if s not in r["points"]:
+                print(f"{s:<22}{c:>4}  did not start (see start.did_not_start in the JSON)")
+                continue
+            x = r["points"][s][f"c{c}"]
+            print(f"{s:<22}{c:>4}{x['rps']:>10}{x['p50_ms']:>10}{x['p99_ms']:>10}{x['errors']:>8}")
+    for c in levels:
+        print(f"c={c}: " + ", ".join(f"{k.replace('_vs_', '/')} {v}x" for k, v in r["ratios"][f"c{c}"].items()))
 
 
 if __name__ == "__main__":

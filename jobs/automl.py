@@ -1,11 +1,13 @@
 """Run an AutoML search as a Ray job and register the best model.
 
-    ray job submit --working-dir . -- python jobs/automl.py --table raw.labels --target is_fraud \
+    lakeloop job submit automl --table raw.labels --target is_fraud \
         [--features customer_stats:* ...] [--version N] [--timestamp-column ts] [--task classification] \
         [--metric roc_auc] [--budget-s 300] [--max-trials 50] [--seed 0] [--families linear,hgb,forest,mlp] \
         [--name fraud] [--no-register] [--lake DIR | --config lakeloop.yaml]
 
-Inside a Ray job, ``lakeloop.connect()`` joins the job's cluster (RAY_ADDRESS) and
+``lakeloop job submit`` ships this checkout and the lake settings, and prints the
+equivalent ``ray job submit`` line (``--print-only``: only that). Inside a Ray job,
+``lakeloop.connect()`` joins the job's cluster (RAY_ADDRESS) and
 reads its lake and MLflow settings from LAKELOOP_* variables, lakeloop.yaml or
 ``--lake``. Prints one JSON line: the search run, the best trial, holdout
 metrics, the registered version and the gate's verdict.

@@ -1,6 +1,6 @@
 """Retrain a served model as a Ray job: materialize, warm-started AutoML, gate, canary, promote or roll back.
 
-    ray job submit --working-dir . -- python jobs/retrain.py --model fraud \
+    lakeloop job submit retrain --model fraud \
         [--spec-json '{"budget_s": 60, "canary_percent": 20, "min_labelled": 200}'] [--lake DIR | --config F]
 
 A drift monitor submits it by itself (``lakeloop.retrain.JobTrigger``). Every

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -36,26 +37,128 @@ def ll(lake_root):
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the whole test session (init ~5 s, so only once)."""
+def s3(tmp_path_factory):
+    """One S3-compatible server (moto) on loopback for the session; its credentials are exported to
+    the environment before any Ray of the session starts, as a cluster's nodes would have them."""
+    from s3_server import running_s3
+
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        saved = {k: os.environ.get(k) for k in server.env}
+        os.environ.update(server.env)
+        yield server
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3):
+    """One local Ray for the whole test session (init ~5 s, so only once); it starts after the S3
+    server so that its workers have the object store's credentials in their environment."""
     import ray
 
-    from lakeloop.client import start_local_ray
-
     if not ray.is_initialized():  # node IP 127.0.0.1: every socket of this Ray on loopback (test_sockets.py)
-        start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="lakeloop-tests")
+        start_session_ray()
     yield ray
     ray.shutdown()
 
 
+def start_session_ray():
+    """The session's local Ray (also restarted by tests/test_cluster.py after it drove its own cluster)."""
+    from lakeloop.client import start_local_ray
+
+    return start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="lakeloop-tests")
+
+
 @pytest.fixture(scope="session")
-def ray_head():
+def ray_head(s3):
     """One Ray head with its job server for the session, started with the README's single-machine line
     (`tests/ray_heads.py`); yields (dashboard address, env for Ray clients, head pid)."""
     from ray_heads import running_head
 
     with running_head(num_cpus=2) as head:
         yield head
+
+
+# -- one served platform for tests/test_serving.py and tests/test_fuzz.py ------------------------------
+SERVE_GROUP = ("test_serving.py", "test_fuzz.py", "test_faults.py")  # run together, in this order (faults kills)
+_early_close: dict[str, Callable[[], None]] = {}  # session fixtures stopped right after their last user
+
+
+@pytest.fixture(scope="session")
+def serve_platform(tmp_path_factory, ray_session):
+    """(ll, versions): `tests/shared_platform.py` started once for test_serving and test_fuzz (~45 s on 2
+    cores); stopped after the last test that uses it (pytest_runtest_teardown), so a later module starting
+    its own Serve in this Ray finds none running."""
+    import shared_platform
+
+    state = {"closed": False}
+
+    def close():
+        if not state["closed"]:
+            state["closed"] = True
+            shared_platform.stop(ll)
+
+    ll, versions = shared_platform.start(tmp_path_factory.mktemp("platform") / "lake")
+    _early_close["serve_platform"] = close
+    try:
+        yield ll, versions, state
+    finally:
+        _early_close.pop("serve_platform", None)
+        close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test (of those still to run here) that uses an `_early_close` fixture, stop it."""
+    yield
+    if not _early_close:
+        return
+    items = item.session.items
+    later = items[items.index(item) + 1:] if item in items else []
+    for name, close in list(_early_close.items()):
+        if name in item.fixturenames and not any(name in other.fixturenames for other in later):
+            del _early_close[name]
+            close()
+
+
+# the heaviest modules first, so that with `-n 2 --dist loadfile` (Makefile) the two workers finish close
+# together; the rest keep their order after them
+HEAVY_FIRST = ("serve", "test_retrain.py", "test_features_cli.py", "test_notebook.py", "test_jobs.py",
+               "test_monitoring.py", "test_registry.py", "test_automl.py")
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Module order heaviest first (HEAVY_FIRST), SERVE_GROUP's modules together and in its order."""
+    def rank(item) -> tuple[int, int]:
+        name = _module(item.nodeid)
+        key = "serve" if name in SERVE_GROUP else name
+        heavy = HEAVY_FIRST.index(key) if key in HEAVY_FIRST else len(HEAVY_FIRST)
+        return heavy, SERVE_GROUP.index(name) if name in SERVE_GROUP else 0
+
+    items.sort(key=rank)  # stable: the order inside a module and among the rest is kept
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With `--dist loadfile` (or loadgroup): each module runs whole on one worker (its module fixtures are built
+    once), and SERVE_GROUP's modules together on one worker, in order, so they share `serve_platform`.
+    (xdist's own loadgroup cannot do that under pytest 9.2: it renames `item._nodeid`, which 9.2 no longer reads.)"""
+    if config.getvalue("dist") not in ("loadfile", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "serve" if _module(nodeid) in SERVE_GROUP else nodeid.split("::", 1)[0]
+
+    return ModuleGroups(config, log)
 
 
 def run_cli(*args: str, cwd=None, env=None, check=True, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -18,6 +18,14 @@ DEFS = "examples.fraud.features:definitions"
 
 
 @pytest.fixture
+def attach(ray_session) -> dict:
+    """Env that points a CLI process at the session's Ray (``ray.address``, token auth as a local Ray has it):
+    it attaches in ~1 s instead of starting a Ray of its own (~10 s on 2 cores). Starting one from the CLI
+    is covered by the first run of jobs/materialize.py below and by test_cli/test_registry/test_serve_cli."""
+    return {"LAKELOOP_RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
+
+
+@pytest.fixture
 def project(tmp_path):
     """A folder like a user's project: the example package importable from the cwd, a lake in it."""
     (tmp_path / "examples").symlink_to(REPO / "examples", target_is_directory=True)
@@ -27,13 +35,14 @@ def project(tmp_path):
     return tmp_path
 
 
-def test_apply_plan_list_describe_materialize(project):
+def test_apply_plan_list_describe_materialize(project, attach):
     plan = json.loads(run_cli("features", "plan", DEFS, "--json", cwd=project).stdout)
     assert {p["view"]: p["action"] for p in plan} == {"customer_stats": "create", "merchant_stats": "create"}
     json.loads(run_cli("features", "apply", DEFS, "--json", cwd=project).stdout)
     assert "unchanged" in run_cli("features", "plan", DEFS, cwd=project).stdout
 
-    result = json.loads(run_cli("features", "materialize", "customer_stats", "--json", cwd=project).stdout)
+    result = json.loads(run_cli("features", "materialize", "customer_stats", "--json", cwd=project,
+                                env=attach).stdout)
     assert result["mode"] == "full" and result["rows_written"] == 392 and result["source_version"] == 1
 
     views = json.loads(run_cli("features", "list", "--json", cwd=project).stdout)
@@ -50,18 +59,18 @@ def test_apply_plan_list_describe_materialize(project):
                                 cwd=project).stdout)
     assert [r["_missing"] for r in looked] == [True, True], "30d ttl: January's values have expired"
     follow = json.loads(run_cli("features", "follow", "merchant_stats", "--interval", "0.2",
-                                "--max-seconds", "2", "--json", cwd=project).stdout)
+                                "--max-seconds", "2", "--json", cwd=project, env=attach).stdout)
     assert [r["mode"] for r in follow] == ["full"]
 
     served = json.loads(run_cli("features", "serve", "--seconds", "1", "--json", cwd=project,
-                                env={"LAKELOOP_ONLINE_PORT": str(free_port())}).stdout)
+                                env={**attach, "LAKELOOP_ONLINE_PORT": str(free_port())}).stdout)
     assert served["views"] == ["customer_stats", "merchant_stats"] and served["url"].startswith("http://127.0.0.1:")
 
     err = run_cli("features", "materialize", "nope", cwd=project, check=False)
     assert err.returncode == 2 and "not in the catalog" in err.stderr
 
 
-def test_materialize_job_entrypoint_runs_incrementally(project):
+def test_materialize_job_entrypoint_runs_incrementally(project, attach):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
     job = [sys.executable, str(REPO / "jobs" / "materialize.py"), "merchant_stats", "--definitions", DEFS]
     first = json.loads(subprocess.run(job, cwd=project, env=env, capture_output=True, text=True,
@@ -70,8 +79,8 @@ def test_materialize_job_entrypoint_runs_incrementally(project):
     more = scenario.generate(100, seed=3, day=1, first_id=5000)
     run_cli("lake", "ingest", str(scenario.write_csv(more, project / "more.csv")), "--table", "raw.transactions",
             "--rules", str(scenario.RULES_FILE), cwd=project)
-    second = json.loads(subprocess.run(job[:3], cwd=project, env=env, capture_output=True, text=True,
-                                       check=True, timeout=300).stdout.strip().splitlines()[-1])
+    second = json.loads(subprocess.run(job[:3], cwd=project, env={**env, **attach}, capture_output=True,
+                                       text=True, check=True, timeout=300).stdout.strip().splitlines()[-1])
     assert second["mode"] == "incremental" and second["previous_source_version"] == 1
     assert second["source_version"] == 2
 

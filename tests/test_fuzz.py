@@ -15,27 +15,17 @@ import socket
 import time
 from urllib.parse import quote
 
-import numpy as np
-import pandas as pd
 import pytest
 
-import lakeloop
-import serving_models
-from conftest import free_port
-from lakeloop.features import Entity, Feature, FeatureView, online
+from lakeloop.features import online
 from lakeloop.serving.service import admin_token
+from shared_platform import DEPLOYED, FEEDBACK_TOKEN, MAX_BYTES, MAX_ROWS
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the module fixture starts a whole platform
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # starts the shared platform when run alone
 ROW = {"amount": 150.0, "country": "US"}
-FEEDBACK_TOKEN = "feedback-token-for-the-fuzz-tests"
-MAX_BYTES, MAX_ROWS = 200_000, 50
 PREDICT = "/v1/models/fraud/predict"
 TRAFFIC = "/v1/admin/models/fraud/traffic"
 DEPLOY = "/v1/admin/models/fraud/deploy"
-
-user = Entity(name="user", join_keys=["user_id"])
-user_rows = FeatureView(name="user_rows", entities=[user], source="raw.events", timestamp_field="event_time",
-                        features=[Feature(name="amount")], ttl="7d")
 
 
 # -- HTTP, as raw as needed --------------------------------------------------------------------
@@ -99,29 +89,14 @@ def assert_sane(status: int, raw: bytes, what) -> dict:
     return answer if isinstance(answer, dict) else {"value": answer}
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory, ray_session):
-    from ray import serve
-
-    root = tmp_path_factory.mktemp("fuzz") / "lake"
-    ll = lakeloop.connect(lake_root=str(root), serve_port=free_port(), online_port=free_port(),
-                          ray_namespace="fuzz-tests", serve_max_rows=MAX_ROWS, serve_max_bytes=MAX_BYTES,
-                          serve_feedback_token=FEEDBACK_TOKEN, serve_replicas=1)
-    versions = [serving_models.register(ll, "fraud", t) for t in (100.0, 200.0)]
-    now = pd.Timestamp.now(tz="UTC")
-    ll.lake.create("raw.events", {"user_id": "string", "amount": "float64", "event_time": "timestamp"}).append(
-        pd.DataFrame({"user_id": [f"u{i % 5}" for i in range(20)], "amount": np.arange(20, dtype=float),
-                      "event_time": now - pd.to_timedelta(np.arange(20) * 60 + 60, unit="s")}))
-    ll.features.apply([user, user_rows])
-    ll.features.materialize("user_rows")
-    online.start(ll)
-    ll.serving.up()
-    for v in versions:
-        ll.serving.deploy("fraud", v)  # v1 all traffic, v2 idle
-    yield ll, versions
-    ll.serving.down()
-    online.stop(ll)
-    serve.shutdown()
+@pytest.fixture
+def platform(serve_platform):
+    """The platform shared with test_serving.py (tests/shared_platform.py), `fraud` v1 taking all traffic and
+    no shadow (whatever an earlier test set); yields (ll, the deployed versions, v1 first)."""
+    ll, versions, state = serve_platform
+    assert not state["closed"], "the shared platform was stopped: its modules must run together (conftest)"
+    ll.serving.traffic("fraud", {versions[0]: 100})
+    return ll, versions[:DEPLOYED]
 
 
 def predict_ok(ll) -> dict:
@@ -450,7 +425,8 @@ def test_hostile_requests_get_a_2xx_or_a_4xx_with_a_message_and_serving_goes_on(
     assert not wrong, "\n".join(map(str, wrong))
     # nothing the admin cases sent changed the traffic or restarted version 1
     listing = predict_ok(ll) and json.loads(send(ll.config.serve.port, "GET", "/v1/models")[1])
-    assert listing["models"]["fraud"]["traffic"] == {str(versions[0]): 100.0, str(versions[1]): 0.0}
+    traffic = listing["models"]["fraud"]["traffic"]
+    assert traffic[str(versions[0])] == 100.0 and set(traffic.values()) <= {100.0, 0.0}, traffic
     assert serve.status().applications[v1_app].last_deployed_time_s == deployed_at
 
 

@@ -41,6 +41,8 @@ def reference(query: pd.DataFrame, feats: pd.DataFrame, keys, ttl, known_time) -
 @st.composite
 def scenario(draw):
     n_keys = draw(st.sampled_from([1, 2]))
+    int_keys = draw(st.booleans())  # integer ids take the no-hash path (codes = id - min)
+    name = (lambda e: 100 + e) if int_keys else (lambda e: f"e{e}")
     n_entities = draw(st.integers(1, 5))
     n_feat = draw(st.integers(0, 40))
     n_query = draw(st.integers(1, 30))
@@ -49,7 +51,7 @@ def scenario(draw):
     keys = ["k1", "k2"][:n_keys]
     frows = []
     for _ in range(n_feat):
-        row = {k: f"e{draw(ent)}" for k in keys}
+        row = {k: name(draw(ent)) for k in keys}
         t = draw(minutes)
         late = draw(st.sampled_from([0, 0, 0, 5, 30]))  # backfilled: known later than its event
         row.update(ts=BASE + pd.Timedelta(minutes=t), known=BASE + pd.Timedelta(minutes=t + late),
@@ -57,8 +59,8 @@ def scenario(draw):
         frows.append(row)
     qrows = []
     for _ in range(n_query):
-        row = {k: draw(st.one_of(st.just(None), ent.map(lambda e: f"e{e}"), st.just("unknown")))
-               if draw(st.booleans()) and k == keys[0] else f"e{draw(ent)}" for k in keys}
+        row = {k: draw(st.one_of(st.just(None), ent.map(name), st.just(7 if int_keys else "unknown")))
+               if draw(st.booleans()) and k == keys[0] else name(draw(ent)) for k in keys}
         row["t"] = BASE + pd.Timedelta(minutes=draw(st.integers(-5, 100)))
         qrows.append(row)
     ttl = draw(st.sampled_from([None, pd.Timedelta(minutes=10), pd.Timedelta(minutes=0)]))
@@ -68,6 +70,10 @@ def scenario(draw):
     feats[KNOWN_AT] = pd.to_datetime(feats[KNOWN_AT], utc=True)
     feats["value"] = feats["value"].astype("float64")
     query = pd.DataFrame(qrows, columns=keys + ["t"])
+    if int_keys:
+        for k in keys:
+            query[k] = pd.array(query[k].tolist(), dtype="Int64")
+            feats[k] = feats[k].astype("int64")
     query["t"] = pd.to_datetime(query["t"], utc=True)
     return keys, feats, query, ttl, known_time
 

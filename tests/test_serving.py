@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 import lakeloop
-import serving_models
-from conftest import free_port
 from lakeloop.serving.service import admin_token
+from shared_platform import FEEDBACK_TOKEN, MAX_BYTES
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the module fixture starts serving with 3 versions
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the first test starts the shared serving platform
 ROW = {"amount": 150.0, "country": "US"}
+FEEDBACK = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 
 
 def call(port: int, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
@@ -33,19 +33,11 @@ def call(port: int, method: str, path: str, body=None, headers=None) -> tuple[in
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, ray_session):
-    from ray import serve
-
-    root = tmp_path_factory.mktemp("serving") / "lake"
-    ll = lakeloop.connect(lake_root=str(root), serve_port=free_port(), ray_namespace="serving-tests",
-                          serve_max_rows=50, serve_max_bytes=20_000, serve_replicas=1)  # replica kills: test_faults
-    versions = [serving_models.register(ll, "fraud", t) for t in (100.0, 200.0, 120.0, 110.0)]
-    ll.serving.up()
-    for v in versions[:3]:  # the first takes all traffic; the others wait idle
-        ll.serving.deploy("fraud", v)
-    yield ll, versions
-    ll.serving.down()
-    serve.shutdown()
+def served(serve_platform):
+    """`fraud` v1..v4 (v1..v3 deployed) on the platform shared with test_fuzz.py (tests/shared_platform.py)."""
+    ll, versions, state = serve_platform
+    assert not state["closed"], "the shared platform was stopped: its modules must run together (conftest)"
+    return ll, versions
 
 
 @pytest.fixture
@@ -65,7 +57,7 @@ def test_predict_answers_predictions_version_and_request_id(fraud):
     assert status == 200
     assert body["version"] == v1 and body["versions"] == [v1, v1] and len(body["request_id"]) >= 16
     assert [p["prediction"] for p in body["predictions"]] == [1, 0]
-    assert call(ll.config.serve.port, "GET", "/v1/models")[1]["models"]["fraud"]["versions"]["1"]["in_process"] is False
+    assert call(ll.config.serve.port, "GET", "/v1/models")[1]["models"]["fraud"]["versions"]["1"]["in_process"] is True
     status, listing = call(ll.config.serve.port, "GET", "/v1/models")
     assert listing["models"]["fraud"]["traffic"] == {"1": 100.0, "2": 0.0, "3": 0.0}
     status, spec = call(ll.config.serve.port, "GET", "/openapi.json")
@@ -81,7 +73,7 @@ def test_predict_answers_predictions_version_and_request_id(fraud):
     (b'{"rows": [{"amount": NaN, "country": "US"}]}', 422, "NaN"),
     ({"rows": []}, 422, "empty"),
     ({"rows": [ROW] * 51}, 413, "limit is 50"),
-    ({"rows": [{**ROW, "country": "x" * 30_000}]}, 413, "bytes"),
+    ({"rows": [{**ROW, "country": "x" * (MAX_BYTES + 10_000)}]}, 413, "bytes"),
     (b'{"rows": [', 400, "not valid JSON"),
     ({"rows": "abc"}, 422, "must be a list"),
     ({"instances": [ROW]}, 422, '"rows"'),
@@ -192,11 +184,12 @@ def test_every_prediction_is_logged_and_feedback_lands(fraud):
     ll.serving.traffic("fraud", {v1: 100}, shadow=[v2])
     status, body = post_predict(ll, {"rows": [ROW, {"amount": 5.0, "country": "NG"}]})
     rid = body["request_id"]
-    assert call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": rid, "labels": [1, 0]})[0] == 200
-    assert call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": rid})[0] == 400
-    status, answer = call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": rid, "label": 0, "row": 1})
+    port = ll.config.serve.port
+    assert call(port, "POST", "/v1/feedback", {"request_id": rid, "labels": [1, 0]}, FEEDBACK)[0] == 200
+    assert call(port, "POST", "/v1/feedback", {"request_id": rid}, FEEDBACK)[0] == 400
+    status, answer = call(port, "POST", "/v1/feedback", {"request_id": rid, "label": 0, "row": 1}, FEEDBACK)
     assert status == 409 and "/v1/feedback/correct" in answer["error"], answer  # once per row
-    status, answer = call(ll.config.serve.port, "POST", "/v1/feedback", {"request_id": "f" * 32, "label": 1})
+    status, answer = call(port, "POST", "/v1/feedback", {"request_id": "f" * 32, "label": 1}, FEEDBACK)
     assert status == 404 and "not answered" in answer["error"], answer  # only served requests
     log = ll.lake.table("logs.inference")
     deadline = time.monotonic() + 30

@@ -28,28 +28,11 @@ def ray_init_kwargs(config: Config) -> dict:
     so a ``connect()`` inside a task or actor sees the same lake and MLflow store and
     reads the secrets from the lake's ``_secrets/`` file (see :mod:`lakeloop.credentials`).
     """
-    import json
-
-    from lakeloop.credentials import is_secret_option, redact_uri
-
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    env = {
-        "LAKELOOP_LAKE_ROOT": config.lake.root,
-        "LAKELOOP_RAY_NAMESPACE": config.ray.namespace,
-    }
-    plain = {k: v for k, v in config.lake.storage_options.items() if not is_secret_option(k)}
-    if plain:
-        env["LAKELOOP_LAKE_STORAGE_OPTIONS"] = json.dumps(plain)
-    if config.mlflow.tracking_uri or not config.lake_is_remote:
-        shown = redact_uri(config.tracking_uri)
-        env["LAKELOOP_MLFLOW_TRACKING_URI"] = shown
-        if shown == config.tracking_uri:  # MLflow in a worker reads it as is; never with a password in it
-            env["MLFLOW_TRACKING_URI"] = shown
-    if config.mlflow.registry_uri:
-        env["LAKELOOP_MLFLOW_REGISTRY_URI"] = redact_uri(config.mlflow.registry_uri)
+    inherited = _job_env_vars()  # inside a Ray job: Ray refuses a driver env var its job's runtime env sets too
     kwargs: dict[str, Any] = {
         "namespace": config.ray.namespace,
-        "runtime_env": {"env_vars": env},
+        "runtime_env": {"env_vars": {k: v for k, v in worker_env(config).items() if k not in inherited}},
         "log_to_driver": False,
     }
     if address:
@@ -66,6 +49,49 @@ def ray_init_kwargs(config: Config) -> dict:
         if config.ray.num_cpus is not None:
             kwargs["num_cpus"] = config.ray.num_cpus
     return kwargs
+
+
+def _job_env_vars() -> dict:
+    """The env vars of the runtime env of the Ray job this process is the driver of (``{}`` outside a job).
+
+    A job submitted with the lake settings in its runtime env (``lakeloop job submit``) already gives
+    them to every worker of the job; the driver's ``ray.init`` then leaves them out.
+    """
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+def worker_env(config: Config) -> dict[str, str]:
+    """The config as ``LAKELOOP_*`` variables for Ray workers and jobs, without its secrets.
+
+    Shared by the local Ray's runtime env and by submitted jobs (:mod:`lakeloop.submission`).
+    """
+    import json
+
+    from lakeloop.credentials import is_secret_option, redact_uri
+
+    env = {
+        "LAKELOOP_LAKE_ROOT": config.lake.root,
+        "LAKELOOP_RAY_NAMESPACE": config.ray.namespace,
+    }
+    plain = {k: v for k, v in config.lake.storage_options.items() if not is_secret_option(k)}
+    if plain:
+        env["LAKELOOP_LAKE_STORAGE_OPTIONS"] = json.dumps(plain)
+    if config.mlflow.tracking_uri or not config.lake_is_remote:
+        shown = redact_uri(config.tracking_uri)
+        env["LAKELOOP_MLFLOW_TRACKING_URI"] = shown
+        if shown == config.tracking_uri:  # MLflow in a worker reads it as is; never with a password in it
+            env["MLFLOW_TRACKING_URI"] = shown
+    if config.mlflow.registry_uri:
+        env["LAKELOOP_MLFLOW_REGISTRY_URI"] = redact_uri(config.mlflow.registry_uri)
+    return env
 
 
 LOOPBACK = "127.0.0.1"
@@ -173,6 +199,41 @@ def start_local_ray(**kwargs):
         "RAY_DASHBOARD_STARTUP_TIMEOUT_S), another Ray may hold the port (set ray.dashboard_port, or "
         "ray.address to attach to it), or see the logs under /tmp/ray/session_latest/logs"
     ) from None
+
+
+def attach_local_ray(record, **kwargs):
+    """``ray.init`` onto the running local Ray that ``record`` (:mod:`lakeloop.platform_record`) names.
+
+    Only the driver's settings of ``kwargs`` apply (namespace, runtime env, log_to_driver):
+    the Ray is already started. This process does not own it: its ``ray.shutdown()`` (or
+    exit) disconnects and leaves the Ray running for its owner. A Ray started with token
+    auth needs it here too (``RAY_AUTH_MODE=token``; the token file the record names).
+    """
+    import ray
+
+    if record.auth_mode == "token" and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        default = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+        if record.token_path and record.token_path != default:
+            os.environ.setdefault("RAY_AUTH_TOKEN_PATH", record.token_path)
+        try:  # Ray caches its config per process: make it see the mode just set
+            from ray._raylet import Config as _RayConfig
+
+            _RayConfig.initialize("")
+        except Exception:  # pragma: no cover - Ray moved it; a Ray not yet initialised reads the env anyway
+            pass
+    attach = {k: kwargs[k] for k in ("namespace", "log_to_driver") if k in kwargs}
+    runtime_env = dict(kwargs.get("runtime_env") or {})
+    runtime_env.setdefault("worker_process_setup_hook", "lakeloop.client.loopback_worker_setup")
+    try:
+        with loopback_node(True):
+            return ray.init(address=record.gcs_address, _node_ip_address=LOOPBACK, runtime_env=runtime_env,
+                            **attach)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        raise ConnectError(
+            f"the Ray of lake {record.lake_root} runs (GCS {record.gcs_address}, owner pid {record.pid}) but this "
+            f"process cannot attach to it: {_first_line(exc)}. Check RAY_AUTH_MODE=token and the token file "
+            f"({record.token_path or '~/.ray/auth_token'}), or set ray.address to the Ray to use") from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -348,7 +409,7 @@ class Lakeloop:
             return ray
         kwargs = ray_init_kwargs(self.config)
         if kwargs.get("address") == "local":
-            start_local_ray(**kwargs)
+            self._start_or_attach(kwargs)
             return ray
         try:
             # Ray rewrites a loopback address to the machine's IP unless it is told the cluster is one
@@ -361,6 +422,44 @@ class Lakeloop:
                 "(LAKELOOP_RAY_ADDRESS), that the cluster is up, and RAY_AUTH_MODE=token with its token"
             ) from exc
         return ray
+
+    def _start_or_attach(self, kwargs: dict) -> None:
+        """One Ray per lake: attach to the one this lake's record names, else start it and record it.
+
+        Under the lake's platform lock, so two processes starting at once make one Ray. The
+        process that starts it owns it (it stops when that process exits, and the record goes
+        with it); a stale record (owner or GCS gone) is replaced by the fresh start.
+        """
+        import atexit
+        import logging
+
+        from lakeloop import platform_record
+
+        root = self.config.lake.root
+        with platform_record.locked(root):
+            record = platform_record.read(root)
+            if record is not None:
+                stale = record.stale_reason()
+                if stale is None:
+                    attach_local_ray(record, **kwargs)
+                    return
+                logging.getLogger(__name__).info("replacing the stale Ray record of lake %s: %s", root, stale)
+            start_local_ray(**kwargs)
+            record = platform_record.capture(root)
+            platform_record.write(record)
+        # runs before Ray's own exit hook (registered earlier, atexit runs last-in first-out)
+        atexit.register(platform_record.remove, root, record.pid, record.session_dir)
+
+    @property
+    def platform(self):
+        """The running local Ray of this lake (:class:`~lakeloop.platform_record.PlatformRecord`), or ``None``.
+
+        Read from the lake's record; a stale record counts as none. Starts nothing.
+        """
+        from lakeloop import platform_record
+
+        record = platform_record.read(self.config.lake.root)
+        return record if record is not None and record.stale_reason() is None else None
 
     def keep_secrets(self):
         """Write this config's secrets to the lake's ``_secrets/config.json`` (0600) for actors and jobs."""

@@ -71,7 +71,14 @@ class ServeConfig:
     replica_cpus: float = 0.125  # per replica (ingress and model versions)
     replicas: int = 2  # per served model version: one may die and its requests are retried on another
     ingress_replicas: int = 1  # 2 keep the endpoint answering through an ingress replica's death
-    in_process: bool = False  # the ingress also holds live versions and skips the hop to their deployments
+    in_process: bool = False  # kept for old configs: true is mode "fast"
+    # "fast": each ingress replica loads the live versions and answers without a hop (isolation by several
+    # ingress replicas); "isolated": each version in its own deployment, one Ray hop per request
+    mode: str = "fast"
+    # "proxy": Ray Serve's Python proxy; "haproxy": Serve's HAProxy ingress (stats/metrics listeners rewritten to
+    # loopback), opt-in: a body that never comes with a huge Content-Length hangs there instead of a 413, and
+    # `serve up` can take over 90 s to stop. Applies when lakeloop starts Serve in its Ray.
+    ingress: str = "proxy"
 
 
 @dataclass(frozen=True)

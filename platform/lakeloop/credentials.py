@@ -11,9 +11,16 @@ drops them: URIs travel with the password replaced by ``***``. A driver that
 holds secrets writes them to ``<lake>/_secrets/config.json`` (mode 0600, folder
 0700) before it hands a config to Ray; :func:`lakeloop.config.load_config` reads
 that file back by lake root, so a ``connect()`` inside an actor or a job gets the
-full values. A remote lake (``s3://``) has no such file: there the cluster's
-environment holds the secrets (``LAKELOOP_LAKE_STORAGE_OPTIONS``, ``AWS_*``,
-``LAKELOOP_MLFLOW_TRACKING_URI``, ...).
+full values.
+
+A remote lake (``s3://``) has no such file, and its secrets are written nowhere:
+every process finds the object store's credentials in its own environment, as
+a cluster's nodes do (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_SESSION_TOKEN``, or an instance / web-identity role; MLflow's in
+``LAKELOOP_MLFLOW_TRACKING_URI``). Secret ``lake.storage_options`` given to
+``connect()`` serve that process only: Ray workers, actors, Ray Data read tasks
+and jobs get the plain options (endpoint, region, ``AWS_ALLOW_HTTP``) and their
+own environment's credentials (:mod:`lakeloop.lake.store`).
 """
 
 from __future__ import annotations
@@ -249,6 +256,10 @@ def scrub_exception(exc: BaseException, replacements: Mapping[str, str]) -> None
 _CLIENT_CLASS = None
 
 
+def _no_run_url(run_id: str) -> None:
+    """Stands in for MLflow's run-URL print on a client whose tracking URI carries a password."""
+
+
 def _redacting_client_class():
     """``MlflowClient`` whose public methods raise exceptions without the store URIs' passwords.
 
@@ -265,6 +276,12 @@ def _redacting_client_class():
             def __init__(self, tracking_uri=None, registry_uri=None):
                 super().__init__(tracking_uri=tracking_uri, registry_uri=registry_uri)
                 self._lakeloop_redact = uri_secrets(tracking_uri, registry_uri)
+                # on a tracking server, MLflow prints "View run ... at: <tracking URI>/#/..." to stdout
+                # (worker and job logs) when a run ends, user info and all; its only switch is the
+                # process-wide MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT, so this client just says nothing
+                tracking = getattr(self, "_tracking_client", None)
+                if tracking is not None and hasattr(tracking, "_log_url"):
+                    tracking._log_url = _no_run_url
 
             def __getattribute__(self, name):
                 attr = super().__getattribute__(name)

@@ -16,7 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from lakeloop.automl import family as families
-from lakeloop.automl.trainable import BEST, SCORE
+from lakeloop.automl.trainable import BEST, NODE, SCORE
 
 STEP_METRICS = (SCORE, BEST, "train_loss", "epoch_seconds", "fit_seconds")
 
@@ -90,6 +90,8 @@ class TrialTracker(Callback):
         from mlflow.entities import Metric
 
         step = int(result.get("training_iteration", len(rec.history) + 1))
+        if not rec.history and result.get(NODE):  # where it ran: on a cluster, trials spread over nodes
+            self.client.set_tag(rec.run_id, "lakeloop.node_id", str(result[NODE]))
         rec.history.append({k: result.get(k) for k in (*STEP_METRICS, "epoch", "best_epoch", "time_total_s")})
         now = int(time.time() * 1000)
         logged = [Metric(f"val_{self.metric}" if k == SCORE else k, float(result[k]), now, step)

@@ -19,6 +19,13 @@ from lakeloop.automl.spec import TrainingSpec
 
 SCORE = "val_score"
 BEST = "best_val_score"  # what Tune optimises: for the MLP, the best epoch so far
+NODE = "node_id"  # the Ray node the trial ran on (tracked as the trial run's tag lakeloop.node_id)
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _score(spec: TrainingSpec, model, X, y) -> float:
@@ -52,7 +59,8 @@ def _once(spec: TrainingSpec, family: str, params: dict, payload: dict) -> None:
         scores.append(_score(spec, pipe, X.iloc[val_idx], y[val_idx]))
     mean = float(sum(scores) / len(scores))
     tune.report({SCORE: mean, "epoch": 1, "best_epoch": 1, BEST: mean,
-                 "fold_scores": [float(s) for s in scores], "fit_seconds": time.perf_counter() - start})
+                 "fold_scores": [float(s) for s in scores], "fit_seconds": time.perf_counter() - start,
+                 NODE: _node_id()})
 
 
 def _by_epoch(spec: TrainingSpec, family: str, params: dict, payload: dict) -> None:
@@ -81,4 +89,4 @@ def _by_epoch(spec: TrainingSpec, family: str, params: dict, payload: dict) -> N
             best, best_epoch = mean, epoch
         tune.report({SCORE: mean, "epoch": epoch, "train_loss": float(sum(losses) / len(losses)),
                      "best_epoch": best_epoch, BEST: best,
-                     "epoch_seconds": time.perf_counter() - start})
+                     "epoch_seconds": time.perf_counter() - start, NODE: _node_id()})

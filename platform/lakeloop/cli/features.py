@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import List, Optional
 
 import typer
@@ -11,6 +12,13 @@ from lakeloop.cli.output import console, print_json, print_table, run_until
 
 app = typer.Typer(help="The feature store: definitions, materialization, online values.", no_args_is_help=True)
 JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
+
+
+class Engine(str, Enum):
+    """Where materialize computes."""
+
+    ray = "ray"
+    local = "local"
 
 
 @app.command()
@@ -57,15 +65,22 @@ def describe(ctx: typer.Context, view: str, as_json: bool = JSON):
     c.print(f"source {info['source']} -> {info['table']}; materialized from source version "
             f"{info['last_materialized_source_version']}; newest event {info['newest_event_time']}; "
             f"last run {info['last_run']} ({info['last_run_mode']}); ttl {info['ttl']}; versions {info['versions']}")
+    if info.get("transform"):
+        c.print(f"transform {info['transform']['ref']} (code hash {info['transform']['code_hash']})")
     print_table("schema", [{"column": k, "type": v} for k, v in (info["schema"] or {}).items()])
 
 
 @app.command()
 def materialize(ctx: typer.Context, view: str, full: bool = typer.Option(False, "--full",
                 help="Recompute everything instead of reading only new source versions."),
+                engine: Engine = typer.Option(Engine.ray, "--engine",
+                                              help="ray (Ray Data) or local (in this process; small sources)."),
                 as_json: bool = JSON):
-    """Bring features.<VIEW> up to date with its source (Ray Data; incremental by default)."""
-    result = ctx.obj.connect().features.materialize(view, full=full)
+    """Bring features.<VIEW> up to date with its source (Ray Data; incremental by default).
+
+    The definition comes from the catalog as any process applied it (a transform: by its reference).
+    """
+    result = ctx.obj.connect().features.materialize(view, full=full, engine=engine.value)
     if as_json:
         return print_json(result.to_dict())
     console().print(f"{view}: {result.mode}, source version {result.source_version}, "

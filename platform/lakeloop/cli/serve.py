@@ -41,12 +41,16 @@ def up(
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this long (default: Ctrl-C)."),
     as_json: bool = JSON,
 ):
-    """Start the endpoint on serve.host:serve.port and serve models until stopped."""
+    """Start the endpoint on serve.host:serve.port and serve models until stopped.
+
+    NAME and NAME@ALIAS follow the alias: when it moves in the registry, the new version takes the old
+    one's traffic. NAME:VERSION stays pinned.
+    """
     ll = ctx.obj.connect()
-    url = ll.serving.up()
-    deployed = [ll.serving.deploy(*_parse_model(spec)) for spec in model]
+    url = ll.serving.up(deploy=[_parse_model(spec) for spec in model])  # versions start with the ingress
+    deployed = ll.serving.deployed
     info = {"url": url, "docs": f"{url}/docs", "dashboard": ll.dashboard_url,
-            "deployed": [{"model": d["model"], "version": d["version"]} for d in deployed]}
+            "deployed": [{"model": d["model"], "version": d["version"], "note": d.get("note")} for d in deployed]}
     if as_json:
         print_json(info)
     else:
@@ -96,6 +100,8 @@ def deploy(
         return print_json(result)
     console().print(f"{model} v{result['version']} deployed; traffic {result['policy']['weights']}, "
                     f"shadow {result['policy']['shadow']}")
+    if result.get("note"):  # e.g. a champion deployed next to pinned versions gets no traffic until moved
+        console().print(result["note"])
 
 
 @app.command()

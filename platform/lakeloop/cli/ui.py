@@ -22,6 +22,23 @@ def ui_command(ll, host: str, port: int, workers: int) -> list[str]:
     return cmd
 
 
+def served_ui(ll) -> str | None:
+    """The UI's URL when the tracking store is an MLflow server (``http(s)://``), without its password.
+
+    That server already is the UI (runs, models, artifacts): a second one on this machine would
+    need the server's database, which the client never sees. None for a database or file store.
+    """
+    from urllib.parse import urlsplit
+
+    from lakeloop.credentials import redact_uri
+
+    uri = ll.config.tracking_uri
+    if urlsplit(uri).scheme.lower() not in ("http", "https"):
+        return None
+    parts = urlsplit(redact_uri(uri))
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
+
+
 def ui_env(ll) -> dict:
     """The environment for ``mlflow ui``: store URIs that carry a password go here, never on its command line."""
     import os
@@ -43,7 +60,7 @@ def ui(
     port: int = typer.Option(5000, "--port", "-p"),
     workers: int = typer.Option(1, "--workers"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the URL and command instead of starting it."),
-    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with --dry-run, or for a tracking server)."),
 ):
     """Start the MLflow UI on this lake's runs and models (Ctrl-C stops it)."""
     import os
@@ -51,6 +68,11 @@ def ui(
     import subprocess
 
     ll = ctx.obj.connect()
+    served = served_ui(ll)
+    if served is not None:  # the tracking server is the UI: say where, start nothing
+        info = {"url": served, "command": None, "tracking_uri": ll._tracking_repr()}
+        return print_json(info) if as_json else console().print(
+            f"{served}\nthe MLflow UI of this lake is its tracking server (mlflow.tracking_uri); nothing to start")
     cmd = ui_command(ll, host, port, workers)
     url = f"http://{host}:{port}"
     if dry_run:

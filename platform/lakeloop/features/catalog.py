@@ -1,10 +1,16 @@
 """The shared feature catalog: definitions and materialization runs, as lake tables.
 
-``catalog.feature_views`` holds one row per applied version of each view (its
-spec, definition hash, owner, description, tags, and the ``module:attr`` it
-was loaded from); a changed definition becomes a new version and old ones
-stay readable. ``catalog.entities`` holds entities. ``catalog.materializations``
+``catalog.feature_views`` holds one row per applied version of each view: the
+whole definition as data (``spec``: :meth:`FeatureView.to_data`, a transform
+by ``module:qualname`` and source hash), its definition hash, owner,
+description, tags, and the ``module:attr`` it was applied from, if any. Any
+process loads a view from it (:meth:`Catalog.load`) without the project's
+module; a changed definition becomes a new version and old ones stay
+loadable. ``catalog.entities`` holds entities. ``catalog.materializations``
 records every run (source version read, feature table version written).
+
+:meth:`Catalog.revision` (the Delta version of ``catalog.feature_views``) tells
+cheaply whether any definition changed; the rows are read again only then.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from lakeloop.errors import FeatureViewNotFoundError
-from lakeloop.features.definitions import Entity, FeatureView
+from lakeloop.errors import DefinitionError, FeatureViewNotFoundError, TableNotFoundError
+from lakeloop.features.definitions import DATA_FORMAT, Entity, FeatureView, check_transform, load_definitions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,6 +50,11 @@ _DESCRIPTIVE = ("description", "owner", "tags", "online")
 class Catalog:
     def __init__(self, lake: "Lake"):
         self.lake = lake
+        self._views_log = None  # a DeltaTable of VIEWS, brought up to date incrementally
+        self._rows: tuple[int, "pd.DataFrame", dict[str, list[dict]]] | None = None  # (revision, rows, by name)
+
+    def __getstate__(self) -> dict:  # a DeltaTable handle does not travel
+        return {**self.__dict__, "_views_log": None, "_rows": None}
 
     def _table(self, name: str, columns: dict):
         return self.lake.create(name, columns, exist_ok=True)
@@ -55,17 +66,82 @@ class Catalog:
         return t.to_pandas() if t.exists() else pd.DataFrame()
 
     # -- views -----------------------------------------------------------------
+    def revision(self) -> int:
+        """The catalog's definitions revision: the Delta version of ``catalog.feature_views`` (-1 before any).
+
+        It changes exactly when an apply recorded something (a new version or a
+        descriptive update), whichever process did it. Cheap to ask (the log is
+        followed incrementally: ~2 ms on a local lake), so a cache of view
+        shapes can check it before each use and reload only when it moved.
+        """
+        if self._views_log is None:
+            try:
+                self._views_log = self.lake.table(VIEWS)._delta(check=False)
+            except TableNotFoundError:
+                return -1
+        else:
+            self._views_log.update_incremental()
+        return int(self._views_log.version())
+
     def view_rows(self) -> "pd.DataFrame":
-        """Every applied row (all versions), oldest first."""
-        df = self._read(VIEWS)
-        return df.sort_values("applied_at", kind="stable") if len(df) else df
+        """Every applied row (all versions), oldest first; read again only when :meth:`revision` moved."""
+        return self._current()[1]
+
+    def _current(self) -> tuple[int, "pd.DataFrame", dict[str, list[dict]]]:
+        """(revision, rows, rows by view name oldest first), read once per revision."""
+        import pandas as pd
+
+        revision = self.revision()
+        if self._rows is not None and self._rows[0] == revision:
+            return self._rows
+        df = self.lake.table(VIEWS).to_pandas(version=revision) if revision >= 0 else pd.DataFrame()
+        df = df.sort_values("applied_at", kind="stable").reset_index(drop=True) if len(df) else df
+        by_name: dict[str, list[dict]] = {}
+        for r in df.to_dict("records"):
+            by_name.setdefault(r["name"], []).append(r)
+        self._rows = (revision, df, by_name)
+        return self._rows
+
+    def view_hashes(self) -> dict[str, dict]:
+        """Each view's latest ``{"version", "definition_hash"}`` (from the cached rows; see :meth:`revision`)."""
+        return {name: {"version": int(rows[-1]["version"]), "definition_hash": rows[-1]["definition_hash"]}
+                for name, rows in self._current()[2].items()}
+
+    def load(self, row: dict) -> FeatureView:
+        """The :class:`FeatureView` a catalog row holds, built from its stored data (no user module needed).
+
+        A transform comes back as a :class:`~lakeloop.features.definitions.TransformRef`,
+        imported and checked only when the view is materialized. Rows applied
+        before the catalog stored views as data load through their ``module:attr``.
+        """
+        name, version = row["name"], int(row["version"])
+        data = json.loads(row["spec"])
+        if data.get("format") == DATA_FORMAT:
+            view = FeatureView.from_data(data, description=row["description"], owner=row["owner"],
+                                         tags=json.loads(row["tags"] or "{}"), online=bool(row["online"]))
+        elif row.get("definitions_ref"):
+            found = [d for d in load_definitions(row["definitions_ref"])
+                     if isinstance(d, FeatureView) and d.name == name]
+            if not found:
+                raise FeatureViewNotFoundError(f"feature view {name!r} version {version} was applied from "
+                                               f"{row['definitions_ref']}, which no longer defines it; re-apply it")
+            view = found[0]
+        else:
+            raise FeatureViewNotFoundError(
+                f"feature view {name!r} version {version} was applied by an older lakeloop that did not store it "
+                "in a loadable form; re-apply its definitions once (lakeloop features apply module:attr)")
+        if view.definition_hash != row["definition_hash"]:
+            raise DefinitionError(
+                f"feature view {name!r} version {version} as loaded here hashes to {view.definition_hash}, not the "
+                f"applied {row['definition_hash']}" + (
+                    f" (its module {row['definitions_ref']} changed since)" if data.get("format") != DATA_FORMAT
+                    else " (the catalog row was written by another lakeloop version)")
+                + "; re-apply its definitions (lakeloop features plan shows the change)")
+        return view
 
     def latest(self, name: str) -> dict | None:
-        df = self.view_rows()
-        if df.empty:
-            return None
-        df = df[df["name"] == name]
-        return None if df.empty else df.iloc[-1].to_dict()
+        rows = self._current()[2].get(name)
+        return dict(rows[-1]) if rows else None
 
     def applied(self, name: str) -> "pd.DataFrame":
         """Every applied row of one view, oldest first; a clear error when there is none."""
@@ -78,12 +154,15 @@ class Catalog:
         return rows
 
     def version(self, name: str, version: int | None = None) -> dict:
-        rows = self.applied(name)
+        """The catalog row of one version of a view (default: its latest row)."""
+        rows = self._current()[2].get(name)
+        if not rows:
+            self.applied(name)  # its clear error
         if version is not None:
-            rows = rows[rows["version"] == version]
-            if rows.empty:
+            rows = [r for r in rows if int(r["version"]) == int(version)]
+            if not rows:
                 raise FeatureViewNotFoundError(f"feature view {name!r} has no version {version}")
-        return rows.iloc[-1].to_dict()
+        return dict(rows[-1])
 
     def plan(self, definitions: list) -> list[dict]:
         """What :meth:`apply` would do for each definition, without doing it."""
@@ -105,6 +184,8 @@ class Catalog:
                             "definition_hash": d.definition_hash, "changes": changes})
                 continue
             changes = [k for k in _DESCRIPTIVE if _descriptive(d)[k] != _descriptive_row(current)[k]]
+            if old_spec.get("docs") != d.to_data()["docs"]:
+                changes.append("docs")  # descriptions of its entities or features
             action = "update" if changes else "unchanged"
             out.append({"view": d.name, "action": action, "from_version": int(current["version"]),
                         "to_version": int(current["version"]), "definition_hash": d.definition_hash,
@@ -117,6 +198,8 @@ class Catalog:
         now = pd.Timestamp(datetime.now(timezone.utc))
         entities = [d for d in definitions if isinstance(d, Entity)]
         views = [d for d in definitions if isinstance(d, FeatureView)]
+        for v in views:  # before anything is written: a transform other processes cannot import is refused
+            check_transform(v)
         for v in views:
             entities += [e for e in v.entities if e not in entities]
         if entities:
@@ -134,7 +217,7 @@ class Catalog:
             if step["action"] == "unchanged":
                 continue
             rows.append({"name": v.name, "version": step["to_version"], "definition_hash": v.definition_hash,
-                         "spec": json.dumps(v.spec(), sort_keys=True), **_descriptive(v),
+                         "spec": json.dumps(v.to_data(), sort_keys=True), **_descriptive(v),
                          "tags": json.dumps(v.tags, sort_keys=True), "source": v.source,
                          "definitions_ref": ref, "applied_at": now})
         if rows:

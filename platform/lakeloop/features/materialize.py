@@ -65,6 +65,7 @@ class MaterializeResult:
 
 def feature_schema(view: FeatureView, source_schema) -> dict:
     """Column types of ``features.<view>``: keys, event time, features, ``_known_at``, ``_known_until``."""
+    view = view.against_source({c.name: c.type for c in source_schema.columns})  # dtypes left to the source
     cols: dict[str, str] = {}
     for key in view.join_keys:
         cols[key] = source_schema.column(key).type if key in source_schema.names else "string"
@@ -226,7 +227,7 @@ def compute(view: FeatureView, rows: "pd.DataFrame") -> "pd.DataFrame":
         out = rows[keys + [ts]].copy()
         for f in view.features:
             if not isinstance(f, Aggregation):
-                out[f.output] = rows[f.name].astype(_pandas_dtype(f.dtype))
+                out[f.output] = _typed(rows[f.name], f.dtype)
             else:
                 out[f.output] = pd.Series([], dtype="int64" if f.function == "count" else "float64")
         out[KNOWN_AT] = rows[KNOWN_AT].to_numpy()
@@ -237,7 +238,7 @@ def compute(view: FeatureView, rows: "pd.DataFrame") -> "pd.DataFrame":
     picked = rows.iloc[src].reset_index(drop=True)
     for i, f in enumerate(view.features):
         if not isinstance(f, Aggregation):
-            out[f.output] = picked[f.name].astype(_pandas_dtype(f.dtype)).to_numpy()
+            out[f.output] = _typed(picked[f.name], f.dtype).to_numpy()
     for j, a in enumerate(view.aggregations):
         out[a.output] = values[:, j].astype("int64") if a.function == "count" else values[:, j]
     out[KNOWN_AT] = pd.Series(start.astype("datetime64[us]")).dt.tz_localize("UTC")
@@ -388,6 +389,11 @@ def _versions():
     if _VERSIONS is None:
         _VERSIONS = _versions_kernel()
     return _VERSIONS
+
+
+def _typed(values: "pd.Series", dtype: str | None) -> "pd.Series":
+    """A row-level feature's values in its dtype (None: left to the source column, kept as read)."""
+    return values if dtype is None else values.astype(_pandas_dtype(dtype))
 
 
 def _pandas_dtype(dtype: str):

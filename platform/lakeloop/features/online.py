@@ -29,10 +29,11 @@ import math
 import os
 import secrets
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from lakeloop.errors import ConfigError, FeatureViewNotFoundError, SchemaError
+from lakeloop.errors import ConfigError, FeatureViewNotFoundError, NotMaterializedError, SchemaError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,6 +45,7 @@ MISSING = "_missing"
 EVENT_TIME = "_event_time"
 TOKEN_FILE = "online_read_token"
 _SCALARS = (str, int, float, bool)
+_JSON_STR = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
 
 
 def read_token(ll: "Lakeloop") -> str:
@@ -83,7 +85,7 @@ class OnlineTable:
 
         from lakeloop.features.pit import KNOWN_AT
 
-        self.view, self.keys, self.features, self.ttl_s = view, keys, features, ttl_s
+        self.view, self.keys, self.ts, self.features, self.ttl_s = view, keys, ts, features, ttl_s
         now = pd.Timestamp(now or datetime.now(timezone.utc))
         if len(frame):
             frame = frame[(frame[ts] <= now) & (frame[KNOWN_AT] <= now)]
@@ -91,11 +93,18 @@ class OnlineTable:
             frame = frame.drop_duplicates(keys, keep="last")
         values = frame[features].astype(object).where(frame[features].notna(), None).to_numpy().tolist()
         stamps = frame[ts].dt.as_unit("us").astype("int64").tolist() if len(frame) else []
+        isos = _isos(frame[ts]) if len(frame) else []
         self.key_kinds = {k: _kind(frame[k]) for k in keys}
         key_cols = [frame[k].tolist() for k in keys]
         key_list = key_cols[0] if len(keys) == 1 else list(zip(*key_cols))
-        self.rows: dict[Any, tuple[int, list]] = dict(zip(key_list, zip(stamps, values)))
+        self.rows: dict[Any, tuple[int, list, str]] = dict(zip(key_list, zip(stamps, values, isos)))
         self.loaded_at = time.time()
+        self._tails: dict[Any, dict] = {}  # key -> its answer's feature part, made on first lookup
+        self._frags: dict[Any, str] = {}  # key -> that part as JSON (the HTTP answer)
+        self._missing = {**dict.fromkeys(features), EVENT_TIME: None, MISSING: True}
+        self._missing_frag = json.dumps(self._missing, separators=(",", ":"))[1:-1]
+        kind = self.key_kinds.get(keys[0]) if len(keys) == 1 else None
+        self._fast_type = {"string": str, "integer": int}.get(kind)  # keys of this type need no other check
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -108,24 +117,95 @@ class OnlineTable:
             _check_key(self.view, k, entity[k], self.key_kinds.get(k))
         return entity[self.keys[0]] if len(self.keys) == 1 else tuple(entity[k] for k in self.keys)
 
-    def lookup(self, entities: list[dict], now_us: int | None = None) -> list[dict]:
-        """Feature rows for ``entities``; unknown or expired ones get nulls and ``_missing: true``."""
+    def _keys(self, entities: list[dict]) -> list:
+        """Each entity's key, checked (one join key of the expected type: a dict read and a type test)."""
+        if len(self.keys) != 1:
+            return [self.key_of(e) for e in entities]
+        k, fast, out = self.keys[0], self._fast_type, []
+        for e in entities:
+            try:
+                v = e[k]
+            except (KeyError, TypeError, IndexError):
+                v = self.key_of(e)  # raises the SchemaError that says what is missing
+            if type(v) is not fast or not isinstance(e, dict):
+                v = self.key_of(e)
+            out.append(v)
+        return out
+
+    def _hits(self, entities: list[dict], now_us: int | None) -> tuple[list, list]:
+        """Each entity's key and (stamp_us, values), or None when unknown or older than the ttl."""
         now_us = int(time.time() * 1e6) if now_us is None else now_us
         ttl_us = None if self.ttl_s is None else self.ttl_s * 1e6
+        keys = self._keys(entities)
+        get = self.rows.get
+        hits = [get(key) for key in keys]
+        if ttl_us is not None:
+            hits = [h if h is not None and now_us - h[0] <= ttl_us else None for h in hits]
+        return keys, hits
+
+    def _tail(self, key, hit) -> dict:
+        """The feature part of a found entity's answer (values, ``_event_time``, ``_missing``), cached."""
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = dict(zip(self.features, hit[1]))
+            tail[EVENT_TIME] = hit[2]
+            tail[MISSING] = False
+            self._tails[key] = tail
+        return tail
+
+    def lookup(self, entities: list[dict], now_us: int | None = None) -> list[dict]:
+        """Feature rows for ``entities``; unknown or expired ones get nulls and ``_missing: true``."""
+        keys, hits = self._hits(entities, now_us)
+        missing = self._missing
+        if len(self.keys) == 1:
+            name = self.keys[0]
+            return [{name: key, **(missing if hit is None else self._tail(key, hit))} for key, hit in zip(keys, hits)]
+        return [{**{k: e[k] for k in self.keys}, **(missing if hit is None else self._tail(key, hit))}
+                for e, key, hit in zip(entities, keys, hits)]
+
+    def lookup_json(self, entities: list[dict], now_us: int | None = None) -> str:
+        """:meth:`lookup`'s rows as a JSON array, from cached per-entity texts (the HTTP answer)."""
+        keys, hits = self._hits(entities, now_us)
+        parts = []
+        for e, key, hit in zip(entities, keys, hits):
+            if hit is None:
+                parts.append(f"{self._head(e)},{self._missing_frag}}}")
+                continue
+            text = self._frags.get(key)
+            if text is None:
+                tail = json.dumps(self._tail(key, hit), separators=(",", ":"), default=str)[1:]
+                text = f"{self._head(e)},{tail}"
+                if self._fast_type is not None:  # str or int keys: the echoed key is the same text each time
+                    self._frags[key] = text
+            parts.append(text)
+        return "[" + ",".join(parts) + "]"
+
+    def _head(self, entity: dict) -> str:
+        """``{"<key>":<value>`` (the object left open): the entity's join keys as JSON."""
         out = []
-        empty = [None] * len(self.features)
-        for e in entities:
-            hit = self.rows.get(self.key_of(e))
-            if hit is not None and (ttl_us is None or now_us - hit[0] <= ttl_us):
-                row = dict(zip(self.features, hit[1]))
-                row[EVENT_TIME] = datetime.fromtimestamp(hit[0] / 1e6, tz=timezone.utc).isoformat()
-                row[MISSING] = False
-            else:
-                row = dict(zip(self.features, empty))
-                row[EVENT_TIME] = None
-                row[MISSING] = True
-            out.append({**{k: e[k] for k in self.keys}, **row})
-        return out
+        for k in self.keys:
+            v = entity[k]
+            out.append(f"{_JSON_STR(k)}:{_JSON_STR(v) if type(v) is str else json.dumps(v)}")
+        return "{" + ",".join(out)
+
+    def lookup_columns(self, entities: list[dict], now_us: int | None = None) -> dict[str, list]:
+        """The same answer as :meth:`lookup`, column by column (a DataFrame without a dict per row)."""
+        _, hits = self._hits(entities, now_us)
+        cols: dict[str, list] = {k: [e[k] for e in entities] for k in self.keys}
+        for j, f in enumerate(self.features):
+            cols[f] = [None if h is None else h[1][j] for h in hits]
+        cols[EVENT_TIME] = [None if h is None else h[2] for h in hits]
+        cols[MISSING] = [h is None for h in hits]
+        return cols
+
+
+def _isos(stamps: "pd.Series") -> list[str]:
+    """ISO 8601 texts of UTC timestamps, as ``datetime.isoformat`` writes them, made in one pass at load."""
+    import numpy as np
+
+    text = np.datetime_as_string(stamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[us]"),
+                                 unit="us")
+    return [(t[:-7] if t.endswith(".000000") else t) + "+00:00" for t in text.tolist()]
 
 
 def _kind(column) -> str | None:
@@ -166,14 +246,22 @@ def _check_key(view: str, key: str, value: Any, kind: str | None) -> None:
                           f"{kind or 'string or number'}; got {type(value).__name__} {_clip(value, 60)}")
 
 
+Shape = tuple  # (join keys, timestamp field, feature names, ttl in seconds or None)
+
+
 def view_shape(ll: "Lakeloop", name: str) -> tuple[list[str], str, list[str], float | None]:
     """Join keys, timestamp field, feature names and ttl (s) of a view, from the catalog.
 
     The catalog's spec is enough here, so the online store needs no user code.
     """
+    return _shape(ll.features.catalog.version(name))
+
+
+def _shape(row: dict) -> tuple[list[str], str, list[str], float | None]:
+    """A view's shape from its catalog row (its JSON spec)."""
     from lakeloop.features.definitions import parse_duration
 
-    spec = json.loads(ll.features.catalog.version(name)["spec"])
+    spec = json.loads(row["spec"])
     keys: list[str] = []
     for e in spec["entities"]:
         keys += [k for k in e["join_keys"] if k not in keys]
@@ -182,14 +270,25 @@ def view_shape(ll: "Lakeloop", name: str) -> tuple[list[str], str, list[str], fl
     return keys, spec["timestamp_field"], features, None if ttl is None else ttl.total_seconds()
 
 
-def load_table(ll: "Lakeloop", name: str) -> OnlineTable:
+def load_table(ll: "Lakeloop", name: str, shape: tuple | None = None) -> OnlineTable:
+    """One view's online table from ``features.<name>`` (``shape`` from the catalog unless given).
+
+    A view applied with new features but not materialized since is a :class:`NotMaterializedError`
+    (its table still holds the old columns).
+    """
     from lakeloop.features.pit import KNOWN_AT, KNOWN_UNTIL
 
-    keys, ts, features, ttl = view_shape(ll, name)
+    keys, ts, features, ttl = shape if shape is not None else view_shape(ll, name)
     table = ll.lake.table(f"features.{name}")
     cols = keys + [ts, KNOWN_AT] + features
     if table.exists():
-        until = [KNOWN_UNTIL] if KNOWN_UNTIL in table.schema.names else []
+        names = table.schema.names
+        lacking = [c for c in cols if c not in names]
+        if lacking:
+            raise NotMaterializedError(
+                f"feature view {name!r} was applied with columns its table features.{name} does not hold yet "
+                f"({lacking}); materialize it (lakeloop features materialize {name})")
+        until = [KNOWN_UNTIL] if KNOWN_UNTIL in names else []
         frame = table.to_pandas(columns=cols + until)
         if until:  # superseded versions are the past, not what is served
             frame = frame[frame[KNOWN_UNTIL].isna()].drop(columns=until)
@@ -198,12 +297,184 @@ def load_table(ll: "Lakeloop", name: str) -> OnlineTable:
     return OnlineTable(name, keys, ts, features, ttl, frame)
 
 
+def log_version(lake, name: str) -> int | None:
+    """The newest commit of table ``name`` (None when it does not exist), read cheaply.
+
+    Local lakes: the largest ``NNN.json`` in ``_delta_log`` (one directory listing, ~10 us), not a
+    log replay. Remote lakes: delta-rs's version (a listing on the object store).
+    """
+    table = lake.table(name)
+    path = table._local_path()
+    if path is None:
+        return table.version() if table.exists() else None
+    try:
+        names = os.listdir(os.path.join(path, "_delta_log"))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    newest = -1
+    for n in names:
+        if n.endswith(".json") and n[:-5].isdigit():
+            v = int(n[:-5])
+            if v > newest:
+                newest = v
+    return newest if newest >= 0 else None
+
+
+class OnlineReader:
+    """A local replica of a lake's online tables, for processes that look up often.
+
+    Lookups are dict reads in this process (microseconds): no catalog read, no Ray hop.
+    A view is loaded from ``features.<view>`` on its first lookup. A daemon thread checks,
+    every ``poll_s``, the Delta log versions of the catalog and of each loaded view's table
+    (a directory listing each on a local lake) and swaps in a reloaded view when either
+    moved, so a materialization anywhere is seen within about ``poll_s`` plus the reload;
+    one in this process is seen at once (:func:`notify` refreshes the readers here).
+    A view whose definition changed is served in its new shape from the first reload
+    after it was materialized; until then the last materialized table stays served.
+
+    The ingress of a Serve app holds one (``online.reader(ll)``); so does the online
+    store actor, whose HTTP endpoint answers from it.
+    """
+
+    def __init__(self, ll: "Lakeloop", *, poll_s: float | None = None):
+        import threading
+
+        self.ll = ll
+        self.poll_s = poll_s if poll_s is not None else (0.25 if ll.lake.is_local else 1.0)
+        self.tables: dict[str, OnlineTable] = {}
+        self.errors: dict[str, str] = {}  # last failed background reload per view (the old table stays)
+        self._markers: dict[str, tuple] = {}  # view -> (catalog version, table version) it was loaded at
+        self._rows: dict[str, dict] = {}  # latest catalog row per view
+        self._catalog_version: int | None = -2
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = None
+        _READERS.add(self)
+
+    # -- lookups -------------------------------------------------------------------
+    def table(self, name: str) -> OnlineTable:
+        """The replica of view ``name`` (loaded on first use)."""
+        table = self.tables.get(name)
+        if table is None:
+            table = self.refresh(name)
+        return table
+
+    def lookup(self, name: str, entities: list[dict]) -> list[dict]:
+        """Feature rows for ``entities`` (dicts with the join keys), as the actor's ``lookup`` gives them."""
+        return self.table(name).lookup(entities)
+
+    def shape(self, name: str) -> tuple[list[str], str, list[str], float | None]:
+        """Join keys, timestamp field, features and ttl of the loaded view ``name``."""
+        t = self.table(name)
+        return t.keys, t.ts, t.features, t.ttl_s
+
+    def views(self) -> list[dict]:
+        return [{"view": n, "entities": len(t), "keys": t.keys, "features": t.features,
+                 "loaded_at": t.loaded_at} for n, t in sorted(self.tables.items())]
+
+    # -- loading ---------------------------------------------------------------------
+    def _catalog(self, force: bool = False) -> int | None:
+        """Re-read the catalog's view rows when its Delta version moved; returns that version."""
+        from lakeloop.features.catalog import VIEWS
+
+        version = log_version(self.ll.lake, VIEWS)
+        if force or version != self._catalog_version:
+            rows = self.ll.features.catalog.view_rows()
+            latest = {} if rows.empty else {r["name"]: r for r in rows.drop_duplicates("name", keep="last")
+                                            .to_dict("records")}
+            self._rows, self._catalog_version = latest, version
+        return version
+
+    def refresh(self, name: str, *, force: bool = True) -> OnlineTable:
+        """Load view ``name`` now (``force=False``: only when its catalog row or table moved)."""
+        with self._lock:
+            self._catalog()
+            row = self._rows.get(name)
+            if row is None:
+                raise FeatureViewNotFoundError(
+                    f"feature view {name!r} is not in the catalog (views: {sorted(self._rows)}); "
+                    "apply its definitions first (lakeloop features apply module:attr)")
+            if not bool(row["online"]):
+                raise FeatureViewNotFoundError(
+                    f"feature view {name!r} is not online (online=False in its definition): it is "
+                    "served offline only (training_frame)")
+            shape = _shape(row)
+            marker = (int(row["version"]), log_version(self.ll.lake, f"features.{name}"))
+            old = self.tables.get(name)
+            if old is not None and not force and self._markers.get(name) == marker:
+                return old
+            if marker[1] is None:
+                raise NotMaterializedError(
+                    f"feature view {name!r} is not materialized yet, so the online store has no values for it; "
+                    f"materialize it (lakeloop features materialize {name})")
+            table = load_table(self.ll, name, shape)
+            self.tables[name] = table
+            self._markers[name] = marker
+            self.errors.pop(name, None)
+            self._ensure_thread()
+            return table
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            self.tables.pop(name, None)
+            self._markers.pop(name, None)
+
+    def check(self) -> list[str]:
+        """Reload every loaded view whose catalog row or table moved; returns their names."""
+        changed = []
+        for name in list(self.tables):
+            before = self.tables.get(name)
+            try:
+                if self.refresh(name, force=False) is not before:
+                    changed.append(name)
+            except Exception as exc:  # e.g. applied, not yet materialized: keep serving the old table
+                self.errors[name] = str(exc)[:300]
+        return changed
+
+    def _ensure_thread(self) -> None:
+        import threading
+
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=_poll, args=(weakref.ref(self), self._stop, self.poll_s),
+                                            name="lakeloop-online-reader", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background check (the loaded tables stay readable)."""
+        self._stop.set()
+        _READERS.discard(self)
+
+
+def _poll(ref: "weakref.ref[OnlineReader]", stop, poll_s: float) -> None:
+    """The reader's version check; holds it weakly, so a reader nobody uses is collected and this ends."""
+    while not stop.wait(poll_s):
+        r = ref()
+        if r is None:
+            return
+        r.check()
+        del r
+
+
+_READERS: "weakref.WeakSet[OnlineReader]" = weakref.WeakSet()
+_ATTR = "_online_reader"
+
+
+def reader(ll: "Lakeloop") -> OnlineReader:
+    """This process's :class:`OnlineReader` for ``ll`` (made on first use, kept on ``ll``, then reused)."""
+    r = ll.__dict__.get(_ATTR)
+    if r is None or r._stop.is_set():
+        r = OnlineReader(ll)
+        ll.__dict__[_ATTR] = r  # lives as long as the client: no global registry keeps either alive
+    return r
+
+
 def _empty(cols):
     import pandas as pd
 
     return pd.DataFrame({c: pd.Series([], dtype="datetime64[ns, UTC]") if c.startswith("_") else [] for c in cols})
 
 
+INLINE_PARSE_BYTES = 16_384  # bodies up to this are parsed on the event loop
 MAX_DEPTH = 8  # a lookup body is 3 levels deep; deeper nesting is refused before it is parsed
 
 
@@ -286,14 +557,18 @@ def _actor_class():
             self.max_entities = self.ll.config.online.max_entities
             self.max_bytes = self.ll.config.online.max_bytes
             self.token = None
-            self.tables: dict[str, OnlineTable] = {}
+            self.reader = OnlineReader(self.ll)  # HTTP and lookup() answer from it; it follows the lake
             self.runner = None
             for info in self.ll.features.list():
                 if info["online"] and info["table_version"] is not None:
                     try:
-                        self.tables[info["name"]] = load_table(self.ll, info["name"])
-                    except Exception:  # a view whose definition is not importable here stays offline
+                        self.reader.refresh(info["name"])
+                    except Exception:  # a view whose table cannot be loaded here stays offline
                         continue
+
+        @property
+        def tables(self) -> dict[str, OnlineTable]:
+            return self.reader.tables
 
         async def start_http(self) -> str:
             if self.runner is None:
@@ -348,6 +623,7 @@ def _actor_class():
             return raw
 
         async def _lookup_http(self, request):
+            """One lookup: small bodies are parsed on the loop (a thread hop costs more than they do)."""
             import asyncio
 
             from aiohttp import web
@@ -361,7 +637,7 @@ def _actor_class():
             name = request.match_info["view"]
             raw = await self._body(request)
             try:
-                body = await asyncio.to_thread(parse_body, raw)
+                body = parse_body(raw) if len(raw) <= INLINE_PARSE_BYTES else await asyncio.to_thread(parse_body, raw)
             except SchemaError as exc:
                 return bad(str(exc))
             try:
@@ -369,35 +645,32 @@ def _actor_class():
                 if len(entities) > self.max_entities:
                     return bad(f"{len(entities)} entities in one lookup; online.max_entities allows "
                                f"{self.max_entities}: split the request", 413)
-                rows = self.lookup(name, entities)
+                table = self.reader.table(name)
+                rows = table.lookup_json(entities)
             except FeatureViewNotFoundError as exc:
                 return bad(str(exc), 404)
+            except NotMaterializedError as exc:
+                return bad(str(exc), 409)
             except SchemaError as exc:
                 return bad(str(exc))
-            return web.json_response({"view": name, "features": self.tables[name].features, "rows": rows})
+            head = json.dumps({"view": name, "features": table.features}, separators=(",", ":"))[:-1]
+            return web.Response(text=f'{head},"rows":{rows}}}', content_type="application/json")
 
         def views(self) -> list[dict]:
-            return [{"view": n, "entities": len(t), "keys": t.keys, "features": t.features,
-                     "loaded_at": t.loaded_at} for n, t in sorted(self.tables.items())]
+            return self.reader.views()
 
         def lookup(self, name: str, entities: list[dict]) -> list[dict]:
-            table = self.tables.get(name)
-            if table is None:
-                raise FeatureViewNotFoundError(
-                    f"feature view {name!r} is not in the online store (online views: {sorted(self.tables)}); "
-                    "is it online=True and materialized?")
-            return table.lookup(entities)
+            return self.reader.lookup(name, entities)
 
         async def refresh(self, name: str) -> int:
             """Reload one view from Delta off the event loop, then swap it in whole."""
             import asyncio
 
-            table = await asyncio.to_thread(load_table, self.ll, name)
-            self.tables[name] = table
+            table = await asyncio.to_thread(self.reader.refresh, name)
             return len(table)
 
         def drop(self, name: str) -> None:
-            self.tables.pop(name, None)
+            self.reader.drop(name)
 
     return OnlineStore
 
@@ -445,7 +718,10 @@ def url(ll: "Lakeloop") -> str:
 
 
 def notify(ll: "Lakeloop", name: str, changed=None) -> None:
-    """After a materialization: reload the view in the online store, if the store runs."""
+    """After a materialization: reload the view in this process's readers and in the online store, if it runs."""
+    for r in list(_READERS):
+        if r.ll.config.lake.root == ll.config.lake.root and name in r.tables:
+            r.refresh(name)
     import ray
 
     if not ray.is_initialized():
@@ -456,14 +732,15 @@ def notify(ll: "Lakeloop", name: str, changed=None) -> None:
 
 
 def lookup(ll: "Lakeloop", name: str, entities) -> "pd.DataFrame":
+    """Feature values for ``entities`` from this process's replica (:func:`reader`): no Ray hop."""
     import pandas as pd
-    import ray
 
-    actor = start(ll, http=False)
-    keys = view_shape(ll, name)[0]
-    if not isinstance(entities, (pd.DataFrame, dict)) and entities and not isinstance(list(entities)[0], dict):
-        if len(keys) != 1:
-            raise SchemaError(f"view {name!r} has several join keys {keys}: pass dicts")
-        entities = [{keys[0]: e} for e in entities]
-    rows = ray.get(actor.lookup.remote(name, normalize_entities(entities)))
-    return pd.DataFrame(rows)
+    table = reader(ll).table(name)
+    if not isinstance(entities, (pd.DataFrame, dict)):
+        entities = list(entities)
+        if entities and not isinstance(entities[0], dict):
+            if len(table.keys) != 1:
+                raise SchemaError(f"view {name!r} has several join keys {table.keys}: pass dicts")
+            key = table.keys[0]
+            entities = [{key: e} for e in entities]
+    return pd.DataFrame(table.lookup_columns(normalize_entities(entities)))

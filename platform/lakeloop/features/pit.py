@@ -9,8 +9,14 @@ back to the last version the lake held at ``t`` (``_known_at <= t <
 _known_until``); without it only current versions take part. A row older
 than the ttl is no match. The search is a numba
 kernel run in parallel over query rows; entity keys become integer codes
-through one dictionary encoding of the feature keys, which query chunks reuse
+through one dictionary encoding of the feature keys (an integer key over a
+compact range is its own code, no hashing), which query chunks reuse
 (:class:`FeatureIndex`), so a large frame can be split across Ray Data blocks.
+
+Rows that do not come sorted (materialization writes them sorted) are put in
+order without one big multi-key sort: a counting sort by entity code, then each
+entity's few rows sorted by time, in parallel (``asof.block_order``); only the
+matched rows' values are taken, never a sorted copy of the whole table.
 """
 
 from __future__ import annotations
@@ -27,106 +33,47 @@ _NO_TTL = np.int64(-1)
 FOREVER = np.iinfo(np.int64).max  # the known-until of a current version
 
 
-def _kernel():
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=True)
-    def asof(starts, ends, f_ts, f_known, q_code, q_ts, use_known, ttl):  # pragma: no cover - jitted
-        n = q_code.shape[0]
-        out = np.full(n, -1, np.int64)
-        n_blocks = starts.shape[0]
-        for i in prange(n):
-            c = q_code[i]
-            if c < 0 or c >= n_blocks:
-                continue
-            lo = starts[c]
-            hi = ends[c]
-            t = q_ts[i]
-            # last index in [lo, hi) with f_ts <= t
-            a, b = lo, hi
-            while a < b:
-                m = (a + b) >> 1
-                if f_ts[m] <= t:
-                    a = m + 1
-                else:
-                    b = m
-            j = a - 1
-            if use_known:
-                while j >= lo and f_known[j] > t:
-                    j -= 1
-            if j >= lo and (ttl < 0 or t - f_ts[j] <= ttl):
-                out[i] = j
-        return out
+def _asof():
+    from lakeloop.features.asof import asof
 
     return asof
 
 
-def _bitemporal_kernel():
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=True)
-    def asof_known(starts, ends, f_ts, f_known, f_until, q_code, q_ts, ttl):  # pragma: no cover - jitted
-        n = q_code.shape[0]
-        out = np.full(n, -1, np.int64)
-        lost = np.zeros(n, np.bool_)  # a row by event time alone, but none known at t
-        n_blocks = starts.shape[0]
-        for i in prange(n):
-            c = q_code[i]
-            if c < 0 or c >= n_blocks:
-                continue
-            lo = starts[c]
-            hi = ends[c]
-            t = q_ts[i]
-            a, b = lo, hi
-            while a < b:
-                m = (a + b) >> 1
-                if f_ts[m] <= t:
-                    a = m + 1
-                else:
-                    b = m
-            j = a - 1
-            by_time = j >= lo and (ttl < 0 or t - f_ts[j] <= ttl)
-            # the last version the lake held at t: known from at or before t, not yet superseded
-            while j >= lo and (f_known[j] > t or f_until[j] <= t):
-                j -= 1
-            if j >= lo and (ttl < 0 or t - f_ts[j] <= ttl):
-                out[i] = j
-            elif by_time:
-                lost[i] = True
-        return out, lost
+def _asof_known():
+    from lakeloop.features.asof import asof_known
 
     return asof_known
 
 
-_ASOF = None
-_ASOF_KNOWN = None
-
-
-def _asof():
-    global _ASOF
-    if _ASOF is None:
-        _ASOF = _kernel()
-    return _ASOF
-
-
-def _asof_known():
-    global _ASOF_KNOWN
-    if _ASOF_KNOWN is None:
-        _ASOF_KNOWN = _bitemporal_kernel()
-    return _ASOF_KNOWN
-
-
 def _feature_codes(features: pa.Table, keys: Sequence[str]) -> tuple[np.ndarray, list[pa.Array]]:
     """Integer entity codes of the feature rows, and each key's dictionary (to code queries alike)."""
+    if len(keys) == 1:
+        dense = _range_codes(features.column(keys[0]))
+        if dense is not None:
+            return dense
     codes = np.zeros(features.num_rows, np.int64)
     dictionaries = []
     for key in keys:
         enc = pc.dictionary_encode(features.column(key)).combine_chunks()
         width = np.int64(len(enc.dictionary) + 1)
-        idx = enc.indices.to_numpy(zero_copy_only=False)
+        idx = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         codes = codes * width + np.where(np.asarray(enc.is_null()), width - 1, idx)
         dictionaries.append(enc.dictionary)
     return codes, dictionaries
+
+
+def _range_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[pa.Array]] | None:
+    """One integer key without nulls over a range at most ~2x its rows: ``key - min`` is the code
+    (no hashing), the dictionary is every value of the range. None when that does not fit."""
+    if not pa.types.is_integer(col.type) or col.null_count or len(col) == 0:
+        return None
+    bounds = pc.min_max(col)
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    if hi - lo + 1 > 2 * len(col) + 1024:
+        return None
+    values = col.combine_chunks().to_numpy().astype(np.int64)
+    dictionary = pa.array(np.arange(lo, hi + 1, dtype=np.int64)).cast(col.type)
+    return values - np.int64(lo), [dictionary]
 
 
 def _query_codes(query: pa.Table, keys: Sequence[str], dictionaries: list[pa.Array]) -> np.ndarray:
@@ -190,32 +137,34 @@ class FeatureIndex:
         if features.num_rows == 0:
             self.values = None
             return
-        if not presorted:
-            features = sort_features(features, keys, ts)
         codes, dictionaries = _feature_codes(features, keys)
+        if len(keys) == 1:  # dictionary indices are dense already (the null key last)
+            self.uniq = np.arange(len(dictionaries[0]) + 1, dtype=np.int64)
+        else:  # several keys: mixed-radix codes are sparse, number the ones present
+            self.uniq, codes = np.unique(codes, return_inverse=True)
+            codes = codes.astype(np.int64)
         f_ts, f_known = _as_int64_us(features.column(ts)), _as_int64_us(features.column(KNOWN_AT))
-        if presorted and not _is_sorted(codes, f_ts, f_known):
-            # incremental runs append files out of order: sort fully, so ties break as always
-            features = sort_features(features, keys, ts)
-            codes, dictionaries = _feature_codes(features, keys)
-            f_ts, f_known = _as_int64_us(features.column(ts)), _as_int64_us(features.column(KNOWN_AT))
-        if not _is_sorted(codes, f_ts, f_known):
-            # several keys make codes that do not follow the key order; a stable sort keeps ties' order
-            order = np.lexsort((f_known, f_ts, codes))
-            codes, f_ts, f_known = codes[order], f_ts[order], f_known[order]
-            features = features.take(pa.array(order))
-        self.dictionaries = dictionaries
-        self.f_ts, self.f_known = f_ts, f_known
-        self.f_until = None
+        until = None
         if known_time and KNOWN_UNTIL in features.column_names:
-            until = features.column(KNOWN_UNTIL)
-            if until.null_count < len(until):
-                self.f_until = _as_int64_us(until, null=FOREVER)
-        # entity blocks: codes are sorted, so each code's rows are contiguous
-        self.uniq, starts = np.unique(codes, return_index=True)
-        self.starts = starts.astype(np.int64)
-        self.ends = np.append(starts[1:], len(codes)).astype(np.int64)
-        self.values = features.select(self.columns)
+            col = features.column(KNOWN_UNTIL)
+            if col.null_count < len(col):
+                until = _as_int64_us(col, null=FOREVER)
+        n_blocks = len(self.uniq)
+        if _is_sorted(codes, f_ts, f_known):  # as materialization writes it: no reordering at all
+            perm = None
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=n_blocks))]).astype(np.int64)
+        else:
+            perm, s_ts, s_known, bounds, ties = _block_order()(codes, n_blocks, f_ts, f_known)
+            if ties and features.num_columns > len(keys) + 2:
+                perm = _tie_broken_order(features, keys, ts, codes)
+                s_ts, s_known = f_ts[perm], f_known[perm]
+            f_ts, f_known = s_ts, s_known
+        self.dictionaries = dictionaries
+        self.perm = perm  # sorted position -> row of ``values`` (None: the rows came sorted)
+        self.f_ts, self.f_known = f_ts, f_known
+        self.f_until = until if until is None or perm is None else until[perm]
+        self.starts, self.ends = bounds[:-1].copy(), bounds[1:].copy()
+        self.values = features.select(self.columns)  # in its own order: only the matched rows are taken
 
     def lookup(self, query: pa.Table, *, query_ts: str, ttl_us: int | None = None,
                known_time: bool | None = None, lost: np.ndarray | None = None) -> dict[str, pa.Array]:
@@ -246,8 +195,9 @@ class FeatureIndex:
                 lost |= missed
         else:
             idx = _asof()(self.starts, self.ends, self.f_ts, self.f_known, block_q.astype(np.int64), q_ts, False, ttl)
-        take = pa.array(idx, mask=idx < 0)
-        return {c: self.values.column(c).take(take) for c in self.columns}
+        missing = idx < 0
+        idx = np.where(missing, 0, idx) if self.perm is None else self.perm[np.where(missing, 0, idx)]
+        return {c: _take(self.values.column(c), idx, missing) for c in self.columns}
 
 
 def asof_join(
@@ -266,16 +216,42 @@ def asof_join(
 
     ``features`` must hold ``keys``, ``feature_ts``, ``_known_at`` and ``columns``
     (and ``_known_until`` when it holds superseded versions);
-    ``presorted`` says it is probably sorted by :func:`sort_features`' order (as
-    materialization writes it; checked); otherwise it is sorted here.
+    ``presorted`` is kept for callers that know the rows come in :func:`sort_features`'
+    order; the order is always checked (cheaply) and the rows ordered here when needed.
     """
     index = FeatureIndex(features, keys=keys, ts=feature_ts, columns=columns, presorted=presorted,
                          known_time=known_time)
     return index.lookup(query, query_ts=query_ts, ttl_us=ttl_us, known_time=known_time)
 
 
+def _take(col: pa.ChunkedArray, idx: np.ndarray, missing: np.ndarray) -> pa.ChunkedArray:
+    """``col`` at rows ``idx``, null where ``missing``: numpy's take for one chunk of plain numbers
+    (several times faster than Arrow's take with a null mask), Arrow's otherwise."""
+    t = col.type
+    if col.num_chunks == 1 and col.null_count == 0 and (
+            pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_timestamp(t)):
+        values = col.chunk(0).to_numpy(zero_copy_only=True)
+        return pa.chunked_array([pa.array(values.take(idx), type=t, mask=missing if missing.any() else None)])
+    return col.take(pa.array(idx, mask=missing))
+
+
+def _block_order():
+    from lakeloop.features.asof import block_order
+
+    return block_order
+
+
+def _tie_broken_order(features: pa.Table, keys: Sequence[str], ts: str, codes: np.ndarray) -> np.ndarray:
+    """Rows equal on (entity, event time, known time): :func:`sort_features`' full order breaks
+    the tie (by the values, as materialization writes them), then rows are grouped by code."""
+    rest = [c for c in features.column_names if c not in (*keys, ts, KNOWN_AT, KNOWN_UNTIL)]
+    tail = [KNOWN_UNTIL] if KNOWN_UNTIL in features.column_names else []
+    order = [(c, "ascending") for c in (*keys, ts, KNOWN_AT, *rest, *tail)]
+    perm = pc.sort_indices(features, sort_keys=order).to_numpy().astype(np.int64)
+    return perm[np.argsort(codes[perm], kind="stable")]
+
+
 def _is_sorted(codes: np.ndarray, ts: np.ndarray, known: np.ndarray) -> bool:
-    if len(codes) < 2:
-        return True
-    dc, dt, dk = np.diff(codes), np.diff(ts), np.diff(known)
-    return bool(np.all((dc > 0) | ((dc == 0) & ((dt > 0) | ((dt == 0) & (dk >= 0))))))
+    from lakeloop.features.asof import is_sorted
+
+    return len(codes) < 2 or bool(is_sorted(codes, ts, known))

@@ -12,13 +12,12 @@ import pyarrow.compute as pc
 
 from lakeloop.errors import (
     DefinitionError,
-    FeatureViewNotFoundError,
     NotMaterializedError,
     SchemaError,
 )
 from lakeloop.features import materialize as mat
 from lakeloop.features.catalog import Catalog
-from lakeloop.features.definitions import FeatureView, load_definitions
+from lakeloop.features.definitions import FeatureView, check_transform, load_definitions
 from lakeloop.features.frame import TrainingFrame
 from lakeloop.features.pit import KNOWN_AT, KNOWN_UNTIL, FeatureIndex
 from lakeloop.lake.schema import TableSchema
@@ -43,47 +42,58 @@ class FeatureStore:
         self.ll = ll
         self.lake = ll.lake
         self.catalog = Catalog(ll.lake)
-        self._views: dict[str, FeatureView] = {}
+        self._views: dict[str, FeatureView] = {}  # by definition hash: applied here or loaded from the catalog
 
     # -- definitions ---------------------------------------------------------------
     def plan(self, definitions: str | Iterable) -> list[dict]:
-        """What :meth:`apply` would change: create, new_version, update or unchanged per view."""
+        """What :meth:`apply` would change: create, new_version, update or unchanged per view.
+
+        The same checks as apply run first: each view against its source's
+        columns (when the table exists) and its transform for importability.
+        """
         defs = load_definitions(definitions)
-        self._check_sources(defs)
+        self._check_definitions(defs)
         return self.catalog.plan(defs)
 
     def apply(self, definitions: str | Iterable) -> list[dict]:
-        """Register definitions (``module:attr`` or objects); a changed definition gets a new version."""
+        """Register definitions (``module:attr`` or objects); a changed definition gets a new version.
+
+        The catalog stores them as data (a transform by importable reference
+        and source hash), so every process loads them from there: materialize,
+        training frames, rebuilds, jobs and the CLI need no user module.
+        """
         defs = load_definitions(definitions)
-        self._check_sources(defs)
+        self._check_definitions(defs)
         plan = self.catalog.apply(defs, ref=definitions if isinstance(definitions, str) else None)
         for d in defs:
             if isinstance(d, FeatureView):
-                self._views[d.name] = d
+                self._views[d.definition_hash] = d
         return plan
 
-    def _check_sources(self, defs) -> None:
+    def _check_definitions(self, defs) -> None:
+        """Each view against its source table, now rather than at materialize (the source may not exist yet)."""
         for d in defs:
-            if isinstance(d, FeatureView):
-                self.lake.table_uri(d.source)  # the name is valid
+            if not isinstance(d, FeatureView):
+                continue
+            check_transform(d)
+            self.lake.table_uri(d.source)  # the name is valid
+            source = self.lake.table(d.source)
+            if source.exists():
+                d.against_source(_columns(source.schema))
 
-    def view(self, name: str) -> FeatureView:
-        """The applied definition of ``name`` (from this session, or loaded by its ``module:attr``)."""
-        row = self.catalog.version(name)
-        view = self._views.get(name)
-        if view is None and row.get("definitions_ref"):
-            for d in load_definitions(row["definitions_ref"]):
-                if isinstance(d, FeatureView):
-                    self._views.setdefault(d.name, d)
-            view = self._views.get(name)
-        if view is None:
-            raise FeatureViewNotFoundError(
-                f"feature view {name!r} is in the catalog but its Python definition is not loaded here; "
-                "apply it by 'module:attr' so jobs can find it")
-        if view.definition_hash != row["definition_hash"]:
-            raise DefinitionError(
-                f"the loaded definition of {name!r} (hash {view.definition_hash}) differs from the applied "
-                f"version {row['version']} (hash {row['definition_hash']}); run apply first (plan shows the change)")
+    def view(self, name: str, version: int | None = None) -> FeatureView:
+        """The applied definition of ``name`` (its latest version, or ``version``), loaded from the catalog.
+
+        The catalog holds each version as data, so this works in any process;
+        a definition applied by this process is reused as it is. A transform
+        comes as a reference, imported and checked when the view is materialized.
+        """
+        row = self.catalog.version(name, version)
+        digest = row["definition_hash"]
+        view = self._views.get(digest)
+        if view is None or view.name != name:
+            view = self.catalog.load(row)
+            self._views[digest] = view
         return view
 
     def list(self) -> list[dict]:
@@ -107,6 +117,7 @@ class FeatureStore:
             "description": row["description"], "owner": row["owner"], "tags": json.loads(row["tags"] or "{}"),
             "online": bool(row["online"]), "source": row["source"], "entities": spec["entities"],
             "timestamp_field": spec["timestamp_field"], "ttl": spec["ttl"], "features": spec["features"],
+            "transform": spec.get("transform") if isinstance(spec.get("transform"), dict) else None,
             "versions": sorted(int(v) for v in applied["version"].unique()),
             "table": table.name, "schema": None, "last_materialized_source_version": None,
             "table_version": None, "newest_event_time": None, "last_run": None, "last_run_mode": None,
@@ -114,6 +125,10 @@ class FeatureStore:
         if table.exists():
             info["schema"] = {c.name: c.type for c in table.schema.columns}
             info["table_version"] = table.version()
+            # a dtype left to the source column: the type it was materialized with
+            info["features"] = [{**f, "dtype": info["schema"].get(f["name"])}
+                                if f["kind"] == "feature" and f.get("dtype") is None else f
+                                for f in info["features"]]
         if last is not None:
             info["last_materialized_source_version"] = int(last["source_version"])
             info["newest_event_time"] = last["newest_event_time"]
@@ -161,12 +176,14 @@ class FeatureStore:
 
         started = pd.Timestamp(mat.now_utc())
         t0 = time.perf_counter()
-        view = self.view(name)
         row = self.catalog.version(name)
+        applied_hash = row["definition_hash"]
+        view = self.view(name, int(row["version"]))
         source = self.lake.table(view.source)
         source_version = source.version() if pinned is None else int(pinned)
         target = self.lake.table(view.table)
-        last = self.catalog.last_run(name, view.definition_hash)
+        last = self.catalog.last_run(name, applied_hash)
+        view = view.against_source(_columns(source.schema))  # dtypes settled (checked at apply when it could be)
         schema = TableSchema.build(mat.feature_schema(view, source.schema))
         if last is not None and target.exists() and target.schema != schema:
             last = None  # the table's shape changed with the definition: rebuild it
@@ -197,7 +214,7 @@ class FeatureStore:
         result = mat.MaterializeResult(name, int(row["version"]), mode, view.source, source_version, prev,
                                        table_version, written, entities, round(time.perf_counter() - t0, 3))
         self.catalog.record_run({
-            "view": name, "view_version": int(row["version"]), "definition_hash": view.definition_hash,
+            "view": name, "view_version": int(row["version"]), "definition_hash": applied_hash,
             "mode": mode, "source_table": view.source, "source_version": source_version,
             "table_version": table_version, "rows_written": written, "entities_recomputed": entities,
             "newest_event_time": pd.Timestamp(newest) if newest is not None else None,
@@ -206,6 +223,7 @@ class FeatureStore:
         return result, changed
 
     def _compute(self, view, rows):
+        view = view.with_code()  # the transform imported and checked here, on the driver, before any task runs
         if getattr(self, "_engine", "ray") == "local":
             return mat.compute(view, rows)
         return mat.compute_on_ray(view, rows, self.lake)
@@ -259,6 +277,7 @@ class FeatureStore:
         format: str = "frame",
         engine: str = "auto",
         since: "datetime | str | None" = None,
+        view_versions: dict[str, int] | None = None,
     ):
         """Point-in-time-correct features for each (entity keys, timestamp) row.
 
@@ -278,13 +297,17 @@ class FeatureStore:
         ``format="ray"`` and for frames of ``RAY_ENGINE_ROWS`` rows or more);
         ``"local"`` runs it in this process (a parallel kernel). ``since`` keeps
         only entity rows at or after that time (a retrain on the newest data); it
-        is part of the lineage, so the frame can be rebuilt.
+        is part of the lineage, so the frame can be rebuilt. ``view_versions``
+        joins with those catalog versions of the views' definitions (keys,
+        timestamp, features, ttl) instead of the latest: :meth:`rebuild_frame`
+        passes the ones recorded at training time.
         """
         import pandas as pd
 
         by_view = _parse_refs(features)
         snap = self.snapshot(list(by_view), entities if isinstance(entities, str) else None,
-                             feature_versions=feature_versions, entities_version=entities_version)
+                             feature_versions=feature_versions, entities_version=entities_version,
+                             view_versions=view_versions)
         entity_lineage: dict[str, Any]
         if isinstance(entities, str):
             version = snap["entities_version"]
@@ -311,7 +334,8 @@ class FeatureStore:
         all_features: list[str] = list(query.column_names)
         entity_keys: list[str] = []
         for name, wanted in by_view.items():
-            view = self.view(name)
+            row = self.catalog.version(name, (view_versions or {}).get(name))
+            view = self.view(name, int(row["version"]))
             missing_keys = [k for k in view.join_keys if k not in entity_df.columns]
             if missing_keys:
                 raise SchemaError(f"entity rows lack join key(s) {missing_keys} of view {name!r}")
@@ -337,9 +361,8 @@ class FeatureStore:
             plans.append({"index": FeatureIndex(feats, keys=view.join_keys, ts=view.timestamp_field, columns=cols,
                                                 presorted=True, known_time=known_time),
                           "names": names, "ttl_us": None if ttl is None else int(ttl.total_seconds() * 1_000_000)})
-            row = self.catalog.version(name)
             views_lineage[name] = {
-                "view_version": int(row["version"]), "definition_hash": view.definition_hash,
+                "view_version": int(row["version"]), "definition_hash": row["definition_hash"],
                 "table": view.table, "table_version": int(version), "source": view.source,
                 "source_version": pin["source_version"], "features": list(cols),
             }
@@ -374,7 +397,8 @@ class FeatureStore:
         return frame
 
     def snapshot(self, views: Sequence[str], entities: str | None = None, *,
-                 feature_versions: dict[str, int] | None = None, entities_version: int | None = None) -> dict:
+                 feature_versions: dict[str, int] | None = None, entities_version: int | None = None,
+                 view_versions: dict[str, int] | None = None) -> dict:
         """One pinned set of versions for a job that reads several tables.
 
         Each view's feature table at ``feature_versions`` (default: its latest
@@ -382,10 +406,12 @@ class FeatureStore:
         entity table: at ``entities_version``, else, when it is the source of
         some of the views, at the oldest source version those views were
         computed from (so every entity row has its features), else its latest.
+        ``view_versions``: the catalog versions of the definitions (default: the
+        latest), as in :meth:`training_frame`.
         """
         out: dict[str, Any] = {"views": {}, "tables": {}}
         for name in views:
-            view = self.view(name)
+            view = self.view(name, (view_versions or {}).get(name))
             table = self.lake.table(view.table)
             if not table.exists():
                 raise NotMaterializedError(f"feature view {name!r} is not materialized yet; run "
@@ -425,8 +451,22 @@ class FeatureStore:
                               fn_kwargs={"plans": shared, "ts_col": ts_col, "known_time": known_time})
 
     def rebuild_frame(self, lineage: dict, entities: "pd.DataFrame | None" = None) -> TrainingFrame:
-        """The same training frame again, from a lineage record (same Delta versions)."""
+        """The same training frame again, from a lineage record, in any process.
+
+        Same Delta versions, and the view definitions as they were at training
+        time (the recorded catalog version of each, its hash checked), loaded
+        from the catalog: a definition applied since does not change the frame.
+        """
         src = lineage["entities"]
+        recorded = {v: info["view_version"] for v, info in lineage["views"].items() if info.get("view_version")}
+        for v, version in recorded.items():
+            row = self.catalog.version(v, int(version))
+            want = lineage["views"][v].get("definition_hash")
+            if want and row["definition_hash"] != want:
+                raise DefinitionError(
+                    f"the frame was built with view {v!r} version {version} at definition hash {want}, but the "
+                    f"catalog's version {version} has hash {row['definition_hash']}: this catalog is not the one "
+                    "the frame came from (a different lake?), so it cannot be rebuilt from it")
         if src.get("table"):
             entities = src["table"]
         elif entities is None:
@@ -439,6 +479,7 @@ class FeatureStore:
             entities_version=src.get("version"),
             feature_versions={v: info["table_version"] for v, info in lineage["views"].items()},
             full_feature_names=lineage.get("full_feature_names", False), since=src.get("since"),
+            view_versions={v: int(n) for v, n in recorded.items()},
         )
         if not src.get("table") and frame.lineage["entities"]["hash"] != src.get("hash"):
             raise DefinitionError("the entity rows passed to rebuild_frame differ from the recorded ones")
@@ -570,3 +611,8 @@ def _replace_predicate(affected: "pd.DataFrame", keys: list[str], ts: str, since
 def _iso(ts) -> str:
     """A UTC timestamp literal delta-rs predicates parse."""
     return ts.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _columns(schema: TableSchema) -> dict[str, str]:
+    """``{column: lakeloop type}`` of a table schema."""
+    return {c.name: c.type for c in schema.columns}

@@ -57,13 +57,11 @@ class Lake:
     def is_local(self) -> bool:
         return "://" not in self.root
 
-    def unreachable(self, exc: Exception) -> ConnectError:
-        """The error for a lake store that cannot be reached (object store down, wrong endpoint)."""
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        endpoint = next((v for k, v in self.storage_options.items() if k.upper().endswith("ENDPOINT_URL")), None)
-        where = f"{self.root} (endpoint {endpoint})" if endpoint else self.root
-        return ConnectError(f"cannot reach the lake store at {where}: {first} ({_detail(exc)}). "
-                            "Check lake.root and lake.storage_options (endpoint, region, credentials)")
+    def unreachable(self, exc: BaseException, action: str = "use the lake") -> ConnectError:
+        """The error for an object store that fails: no such bucket, refused credentials, endpoint down."""
+        from lakeloop.lake.store import store_error
+
+        return store_error(exc, self.root, self.storage_options, action)
 
     def ensure_ray(self):
         if self._ensure_ray is not None:
@@ -106,16 +104,29 @@ class Lake:
                         if os.path.isdir(os.path.join(t.path, "_delta_log"))
                     ]
             return out
+        return self._remote_listing()
+
+    def _remote_listing(self) -> dict[str, list[str]]:
+        """Layers and tables of an object-store lake: one listing of the root, one per layer, one probe per table."""
         import pyarrow.fs as pafs
 
-        fs, base = pafs.FileSystem.from_uri(self.root)
-        if isinstance(fs, pafs.S3FileSystem) and "AWS_ENDPOINT_URL" in self.storage_options:
-            fs = pafs.S3FileSystem(endpoint_override=self.storage_options["AWS_ENDPOINT_URL"])
+        from lakeloop.lake.store import filesystem
+
+        try:
+            fs = filesystem(self.root, self.storage_options)
+            layers = [i.base_name for i in fs.get_file_info(pafs.FileSelector("", allow_not_found=True))
+                      if i.type == pafs.FileType.Directory]
+            candidates = [f"{layer}/{t.base_name}" for layer in layers
+                          for t in fs.get_file_info(pafs.FileSelector(layer, allow_not_found=True))
+                          if t.type == pafs.FileType.Directory]
+            logs = fs.get_file_info([f"{c}/_delta_log" for c in candidates]) if candidates else []
+        except OSError as exc:
+            raise self.unreachable(exc, "list the tables") from None
         out: dict[str, list[str]] = {}
-        for info in fs.get_file_info(pafs.FileSelector(base, recursive=True, max_recursion=2)):
-            rel = info.path[len(base):].strip("/").split("/")
-            if len(rel) == 3 and rel[2] == "_delta_log":
-                out.setdefault(rel[0], []).append(rel[1])
+        for path, info in zip(candidates, logs):
+            if info.type == pafs.FileType.Directory:
+                layer, table = path.split("/")
+                out.setdefault(layer, []).append(table)
         return out
 
     def create(
@@ -140,6 +151,10 @@ class Lake:
         config = {SPEC_KEY: schema.to_json()}
         if change_data_feed:
             config["delta.enableChangeDataFeed"] = "true"
+        if not self.is_local:  # opening a table reads every commit since its last checkpoint: keep that short
+            from lakeloop.lake.store import CHECKPOINT_INTERVAL
+
+            config["delta.checkpointInterval"] = str(CHECKPOINT_INTERVAL)
         try:
             self._create(table, schema, name, description, config, exist_ok)
         except TableExistsError:
@@ -151,7 +166,7 @@ class Lake:
                     isinstance(exc, Exception) and _is_storage_failure(exc))):
                 raise
             if not self.is_local:
-                raise self.unreachable(exc) from exc
+                raise self.unreachable(exc, f"create table {name}") from None
             raise storage_error(exc, "create", name, table.uri) from None
         return table
 

@@ -126,12 +126,19 @@ class Table:
         try:
             return DeltaTable.is_deltatable(self.uri, storage_options=self.lake.storage_options)
         except OSError as exc:
-            raise self.lake.unreachable(exc) from exc
+            raise self._failure(exc, "open") from None
 
     def _local_path(self) -> str | None:
         if "://" in self.uri and not self.uri.startswith("file://"):
             return None
         return self.uri[len("file://"):] if self.uri.startswith("file://") else self.uri
+
+    def _failure(self, exc: BaseException, action: str):
+        """A storage failure of this table: :class:`LakeStorageError` on a local lake (permissions, full
+        disk), :class:`~lakeloop.errors.ConnectError` naming bucket/endpoint/credentials on an object store."""
+        if self.lake.is_local:
+            return storage_error(exc, action, self.name, self.uri)
+        return self.lake.unreachable(exc, f"{action} table {self.name} at {self.uri}")
 
     def check_commit(self, version: int | None = None) -> None:
         """A local table's commit ``version`` (default: the latest) must be a readable, non-empty JSON log entry.
@@ -207,9 +214,7 @@ class Table:
         try:
             return DeltaTable(self.uri, version=version, storage_options=self.lake.storage_options)
         except OSError as exc:
-            if self.lake.is_local:
-                raise storage_error(exc, "open", self.name, self.uri) from exc
-            raise self.lake.unreachable(exc) from exc
+            raise self._failure(exc, "open") from None
         except DeltaTableNotFound as exc:
             raise TableNotFoundError(
                 f"table {self.name} does not exist in the lake at {self.lake.root}; "
@@ -232,7 +237,10 @@ class Table:
 
     @property
     def schema(self) -> TableSchema:
-        dt = self._delta()
+        return self._schema_of(self._delta())
+
+    @staticmethod
+    def _schema_of(dt: "DeltaTable") -> TableSchema:
         spec = dt.metadata().configuration.get(SPEC_KEY)
         if spec:
             return TableSchema.from_json(spec)
@@ -307,6 +315,8 @@ class Table:
                 return dt.to_pyarrow_dataset().head(limit, columns=columns)
             data = dt.to_pyarrow_table(columns=columns, filters=filters)
         except (OSError, pa.ArrowException) as exc:
+            if not self.lake.is_local and _is_unreachable(exc):
+                raise self._failure(exc, "read") from None
             raise VersionNotFoundError(
                 f"cannot read version {dt.version()} of table {self.name}: {exc}. Its data files "
                 "may have been removed by vacuum; read a newer version or restore from a backup"
@@ -354,20 +364,27 @@ class Table:
             return ray.data.from_arrow(self.schema.to_arrow().empty_table()).select_columns(
                 columns or self.schema.names
             )
+        from lakeloop.lake.store import plain_options
+
+        # the read tasks get no credentials: on an object store each worker finds its own in its environment
+        # (lakeloop.lake.store); the plain options (endpoint, region) travel
         return ray.data.read_delta(
             self.uri, version=dt.version(), columns=columns,
-            storage_options=self.lake.storage_options or None,
+            storage_options=(self.lake.storage_options if self.lake.is_local
+                             else plain_options(self.lake.storage_options)) or None,
         )
 
     # -- writes --------------------------------------------------------------
     def _commit(self, operation: str, write: Callable[["DeltaTable", Any], dict | None],
                 rows: int | Callable[[], int], batch_id: str | None, attempts: int = WRITE_ATTEMPTS,
-                history: str | None = None) -> WriteResult:
+                history: str | None = None, current: "DeltaTable | None" = None) -> WriteResult:
         """Run ``write(delta_table, commit_properties)`` with conflict retries.
 
         delta-rs retries a commit that lost a race by itself when the operations
         do not overlap (appends); conflicts it cannot resolve (merges, overwrites)
         re-run the whole write here, ``attempts`` times with jittered backoff.
+        ``current``: the table as just loaded by the caller, used for the first
+        attempt (on an object store each load lists and reads the log).
         """
         from deltalake import CommitProperties
         from deltalake.exceptions import CommitFailedError, DeltaError
@@ -379,7 +396,8 @@ class Table:
             meta[HISTORY_KEY] = history
         last: Exception | None = None
         for attempt in range(attempts):
-            dt = self._delta(check=operation != "restore")  # restore is how a damaged table is fixed
+            dt = current if attempt == 0 and current is not None else \
+                self._delta(check=operation != "restore")  # restore is how a damaged table is fixed
             if operation in BUILDS_ON_FILES:
                 self.check_files(dt)
             try:
@@ -391,14 +409,14 @@ class Table:
             except DeltaError as exc:
                 if "conflict" not in str(exc).lower() and "already exists" not in str(exc).lower():
                     if _is_storage_failure(exc):
-                        raise storage_error(exc, operation, self.name, self.uri) from None
+                        raise self._failure(exc, operation) from None
                     raise
                 last = exc
             except OSError as exc:
-                raise storage_error(exc, operation, self.name, self.uri) from None
+                raise self._failure(exc, operation) from None
             except BaseException as exc:
                 if _is_panic(exc):  # delta-rs panicked (seen on full disks): the commit did not happen
-                    raise storage_error(exc, operation, self.name, self.uri) from None
+                    raise self._failure(exc, operation) from None
                 raise
             time.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
         raise WriteConflictError(
@@ -421,13 +439,14 @@ class Table:
         self._check_history(history)
         if isinstance(data, pa.RecordBatchReader):
             return self._append_stream(data, batch_id, target_file_size, history)
-        batch = self.schema.conform(as_arrow(data), table=self.name)
+        current = self._delta()
+        batch = self._schema_of(current).conform(as_arrow(data), table=self.name)
         return self._commit(
             "append",
             lambda dt, props: write_deltalake(dt, batch, mode="append", commit_properties=props,
                                               target_file_size=target_file_size,
                                               storage_options=self.lake.storage_options or None),
-            batch.num_rows, batch_id, history=history,
+            batch.num_rows, batch_id, history=history, current=current,
         )
 
     def _check_history(self, history: str | None) -> None:
@@ -546,10 +565,12 @@ class Table:
         writes) once they are older than the retention. Versions older than the
         retention lose their files and can no longer be read.
         """
-        return self._delta().vacuum(
-            retention_hours=int(retention_hours), dry_run=dry_run, enforce_retention_duration=False,
-            full=True,
-        )
+        dt = self._delta()
+        try:
+            return dt.vacuum(retention_hours=int(retention_hours), dry_run=dry_run, enforce_retention_duration=False,
+                             full=True)
+        except OSError as exc:
+            raise self._failure(exc, "vacuum") from None
 
 
 def _detail_of(exc: BaseException) -> str:
@@ -563,6 +584,13 @@ def _is_storage_failure(exc: BaseException) -> bool:
     return any(s in text for s in ("os error", "os {", "localfilesystem", "permission denied", "permissiondenied",
                                    "no space", "read-only", "file too large", "unable to", "i/o error",
                                    "could not create"))
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """Whether a read failed because the object store failed (not because a data file is gone)."""
+    text = str(exc).lower()
+    return any(s in text for s in ("nosuchbucket", "connection refused", "error sending request", "dns error",
+                                   "timed out", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch"))
 
 
 def _duplicate_keys(batch: pa.Table, keys: tuple[str, ...]) -> list:

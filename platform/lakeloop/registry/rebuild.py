@@ -2,7 +2,8 @@
 
 The frame comes back from the lineage: a lake table read at its recorded
 Delta version, or, when feature views were joined, the feature store's
-``rebuild_frame(lineage)``. The recorded training spec (family, parameters,
+``rebuild_frame(lineage)``, which loads the views' definitions as recorded
+(catalog version and hash) from the catalog, in any process. The recorded training spec (family, parameters,
 seed, split) is fitted again and scored on the re-created holdout. Every
 family here is deterministic for a seed, so the metrics match exactly.
 """
@@ -64,7 +65,13 @@ def frame_from_lineage(ll: "Lakeloop", frame: dict) -> "pd.DataFrame":
             raise RebuildError(
                 f"it joined feature views {sorted(views)}, and rebuilding them needs the feature store "
                 "(ll.features.rebuild_frame), which this lakeloop does not have")
-        return store.rebuild_frame(frame).data
+        from lakeloop.errors import DefinitionError, FeatureViewNotFoundError
+
+        try:  # the definitions as they were at training time, from the catalog: no user module needed
+            return store.rebuild_frame(frame).data
+        except (FeatureViewNotFoundError, DefinitionError) as exc:
+            raise RebuildError(f"its feature views {sorted(views)} cannot be joined again as recorded: "
+                               f"{exc.message}") from exc
     return ll.lake.table(entities["table"]).read(version=entities.get("version"))
 
 

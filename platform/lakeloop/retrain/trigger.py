@@ -16,15 +16,14 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from lakeloop.errors import ConnectError, RetrainError
 from lakeloop.retrain.spec import RetrainSpec
+from lakeloop.submission import AlreadySubmitted, Submission, auth_headers  # noqa: F401 (auth_headers: re-exported)
+from lakeloop.submission import job_script as submission_script
 
 if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
@@ -35,10 +34,7 @@ METADATA_LAKE = "lakeloop.lake"
 
 def job_script() -> list[str]:
     """``jobs/retrain.py`` of this checkout when there is one, else the same code as a module."""
-    import lakeloop
-
-    script = Path(lakeloop.__file__).resolve().parents[2] / "jobs" / "retrain.py"
-    return [str(script)] if script.is_file() else ["-m", "lakeloop.retrain.job"]
+    return submission_script("retrain")
 
 
 def config_for_job(ll: "Lakeloop") -> dict:
@@ -52,19 +48,6 @@ def config_for_job(ll: "Lakeloop") -> dict:
     data.pop("source", None)
     data.get("ray", {})["address"] = None
     return data
-
-
-def auth_headers() -> dict:
-    """The Ray token as a bearer header, when there is one (Ray 2.60 clusters want it on every job API call).
-
-    Ray reads ``RAY_AUTH_MODE`` once per process, so a client made before it was
-    set would go without; the header makes the call work either way.
-    """
-    token = os.environ.get("RAY_AUTH_TOKEN")
-    if not token:
-        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-        token = path.read_text().strip() if path.is_file() else None
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def submission_id(lake_root: str, model: str, window: Any, monitor_run: str | None = None) -> str:
@@ -113,11 +96,20 @@ class JobTrigger:
         return cls(address=address, spec=spec, config=config_for_job(ll), **kwargs)
 
     def entrypoint(self, context: Mapping[str, Any]) -> str:
+        return self.submission(context).entrypoint_line()
+
+    def submission(self, context: Mapping[str, Any], sid: str | None = None) -> Submission:
+        """The retrain job for ``context`` as a :class:`~lakeloop.submission.Submission` (the shared helper)."""
         args = [self.python, *job_script(), "--spec-json", json.dumps(self.spec), "--config-json",
                 json.dumps(self._job_config(), default=str), "--reason",
                 str(context.get("reason") or "retrain requested"), "--context-json",
                 json.dumps(dict(context), default=str)]
-        return " ".join(shlex.quote(a) for a in args)
+        env = {"RAY_AIR_NEW_OUTPUT": "0", **self.extra_env}
+        if os.environ.get("RAY_AUTH_MODE"):
+            env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
+        return Submission(address=self.address, entrypoint=args, runtime_env={"env_vars": env}, submission_id=sid,
+                          metadata={METADATA_MODEL: self.spec["model"], METADATA_LAKE: self.config["lake"]["root"]},
+                          entrypoint_num_cpus=self.entrypoint_num_cpus)
 
     def _job_config(self) -> dict:
         """The config for the job, pinned to the cluster this trigger runs in (its GCS address).
@@ -165,9 +157,7 @@ class JobTrigger:
         return out
 
     def client(self):
-        from ray.job_submission import JobSubmissionClient
-
-        return JobSubmissionClient(self.address, headers=auth_headers())
+        return Submission(address=self.address, entrypoint=[]).client()
 
     def __call__(self, context: Mapping[str, Any]) -> dict:
         model = self.spec["model"]
@@ -179,33 +169,8 @@ class JobTrigger:
             return {"submission_id": busy[0], "already_running": True}
         sid = submission_id(self.config["lake"]["root"], model, context.get("window", "manual"),
                             context.get("run_id"))
-        env = {"RAY_AIR_NEW_OUTPUT": "0", **self.extra_env}
-        if os.environ.get("RAY_AUTH_MODE"):
-            env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
-        deadline = time.monotonic() + self.submit_timeout_s
-        while True:
-            try:
-                client.submit_job(entrypoint=self.entrypoint(context), submission_id=sid,
-                                  runtime_env={"env_vars": env}, entrypoint_num_cpus=self.entrypoint_num_cpus,
-                                  metadata={METADATA_MODEL: model, METADATA_LAKE: self.config["lake"]["root"]})
-            except RuntimeError as exc:
-                if "already exists" in str(exc):
-                    return {"submission_id": sid, "already_submitted": True}
-                # a job server that has just started may have no agent yet ("try again later")
-                if "try again" not in str(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise RetrainError(
-                        f"the Ray job server at {self.address} could not take the retrain job within "
-                        f"{self.submit_timeout_s:g} s ({exc}); its dashboard agent may not have started, e.g. "
-                        "because another Ray on this machine holds the agent port 52365") from exc
-                time.sleep(1.0)
-                continue
-            except OSError as exc:  # the job server dropped the connection (busy, restarting): same id, again
-                if time.monotonic() >= deadline:
-                    raise ConnectError(
-                        f"the Ray job server at {self.address} did not answer the retrain submission within "
-                        f"{self.submit_timeout_s:g} s ({type(exc).__name__}); check that the cluster is up") from None
-                time.sleep(1.0)
-                continue
-            return {"submission_id": sid, "address": self.address}
+        try:
+            self.submission(context, sid).submit(client, timeout_s=self.submit_timeout_s)
+        except AlreadySubmitted:
+            return {"submission_id": sid, "already_submitted": True}
+        return {"submission_id": sid, "address": self.address}

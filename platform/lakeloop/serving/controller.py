@@ -4,6 +4,13 @@ It deploys each model version as its own Serve application (``ModelServer``),
 changes traffic policies, promotes and rolls back (through the registry's
 aliases), and records every change in ``serving.traffic`` so a restart
 resumes the same state. Ingress replicas poll :meth:`snapshot`.
+
+A version deployed by alias (``fraud`` = its champion, ``fraud@challenger``)
+follows that alias: a thread polls the registry, and when the alias moves
+(SDK, CLI, a retrain job) the new version is deployed, and once it answers it
+takes the traffic (or the shadow slot) the old one had; the old one stays
+deployed at weight 0 (in flight requests finish; ``retire`` removes it).
+Versions deployed by number stay pinned.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -20,6 +28,8 @@ from lakeloop.serving.policy import (TrafficPolicy, check_deploy_request, check_
                                      check_version)
 
 HISTORY = "serving.traffic"
+FOLLOW_POLL_S = 1.0  # how often the registry's aliases are read for versions that follow one
+log = logging.getLogger("lakeloop.serving")
 HISTORY_COLUMNS = {"at": {"type": "timestamp", "required": True}, "model": "string", "action": "string",
                    "detail": "string", "state": "string"}
 
@@ -35,6 +45,8 @@ class ServingController:
         self.ll = lakeloop.connect(config)
         self.lock = threading.RLock()
         self.state: dict[str, Any] = {"version": 0, "models": {}}
+        self.changes = threading.RLock()  # one change at a time: deploys, traffic, promotions, alias moves
+        self.follow_errors: dict[str, dict] = {}  # "model@alias" -> the version that could not be rolled out, why
         self.skipped: list[dict] = []  # stored rows (or models in them) that failed validation at load
         history = self.ll.lake.table(HISTORY)
         if history.exists():
@@ -43,6 +55,8 @@ class ServingController:
                 self.state, self.skipped = restore_state(rows)
                 for problem in self.skipped:
                     _report_skipped(self.ll, problem)
+        self._stop = threading.Event()
+        threading.Thread(target=self._follow_loop, name="lakeloop-follow-aliases", daemon=True).start()
 
     # -- reads -------------------------------------------------------------------
     def snapshot(self, known_version: int = -1) -> dict | None:
@@ -55,7 +69,61 @@ class ServingController:
         out = self.snapshot()
         if self.skipped:
             out["skipped_history"] = copy.deepcopy(self.skipped)
+        if self.follow_errors:
+            out["follow_errors"] = copy.deepcopy(self.follow_errors)
         return out
+
+    # -- following aliases -------------------------------------------------------------
+    def _follow_loop(self) -> None:
+        """Poll the registry for aliases that served versions follow; roll out the moves."""
+        while not self._stop.wait(FOLLOW_POLL_S):
+            try:
+                self.follow_aliases()
+            except Exception:  # the registry unreachable for a moment: serve the last state, try again
+                log.warning("following registry aliases failed; retrying", exc_info=True)
+
+    def follow_aliases(self) -> list[dict]:
+        """Roll out every followed alias that moved in the registry since it was deployed; returns the changes."""
+        with self.lock:
+            follows = {name: dict(m.get("follows") or {}) for name, m in self.state["models"].items()}
+        done = []
+        for model, aliases in follows.items():
+            if not aliases:
+                continue
+            current = dict(self.ll.mlflow.get_registered_model(model).aliases or {})
+            for alias, version in aliases.items():
+                target = current.get(alias)
+                if target is None or int(target) == int(version):
+                    continue  # an alias deleted in the registry leaves the served version as it is
+                failed = self.follow_errors.get(f"{model}@{alias}")
+                if failed and failed["version"] == int(target):
+                    continue  # reported already; a later move of the alias is tried again
+                try:
+                    done.append(self._move_alias(model, alias, int(target)))
+                    self.follow_errors.pop(f"{model}@{alias}", None)
+                except Exception as exc:
+                    self.follow_errors[f"{model}@{alias}"] = {"version": int(target),
+                                                             "error": f"{type(exc).__name__}: {exc}"[:1000]}
+                    _report_follow_error(self.ll, model, alias, int(target), exc)
+        return done
+
+    def _move_alias(self, model: str, alias: str, target: int) -> dict:
+        """``alias`` moved to ``target``: deploy it, then give it the old version's traffic or shadow slot."""
+        with self.changes:
+            m = self._served(model)
+            old = (m.get("follows") or {}).get(alias)
+            if old is None or int(old) == target:
+                return {"model": model, "alias": alias, "version": target, "changed": False}
+            old = int(old)
+            mv = self._resolve(model, target)
+            self._start_version(model, mv)  # answers before it gets any traffic
+            with self.lock:
+                m = self._served(model)
+                policy = _moved(TrafficPolicy.from_dict(m["policy"]), old, target)
+                m["policy"] = policy.to_dict()
+                m["follows"] = {**(m.get("follows") or {}), alias: target}
+                return self._commit(model, "follow", {"alias": alias, "from": old, "version": target,
+                                                      "traffic": policy.percent, "shadow": list(policy.shadow)})
 
     # -- changes -----------------------------------------------------------------
     def _commit(self, model: str, action: str, detail: dict) -> dict:
@@ -135,17 +203,43 @@ class ServingController:
         ``weight`` percent (the others keep their proportions), as a shadow, or
         idle (weight 0) until traffic is moved to them.
         """
-        from ray import serve
-
-        from lakeloop.serving.deployments import ModelServer, app_name
-
         checked = check_deploy_request({"weight": weight, "shadow": shadow})  # before anything starts
         weight, shadow = checked["weight"], checked["shadow"]
-        mv = self._resolve(model, ref)
+        alias = None if isinstance(ref, int) or str(ref).isdigit() else str(ref or "champion")
+        with self.changes:
+            mv = self._resolve(model, ref)
+            version = int(mv.version)
+            followed = (self.state["models"].get(model, {}).get("follows") or {}).get(alias) if alias else None
+            if followed is not None and int(followed) != version and weight is None and not shadow:
+                result = self._move_alias(model, alias, version)  # the alias moved: its traffic moves with it
+                return {**result, "note": _traffic_note(model, version, alias, result, int(followed))}
+            with self.lock:  # the new policy must be valid before a replica starts
+                current = self.state["models"].get(model, {}).get("policy")
+                _deploy_policy(TrafficPolicy.from_dict(current) if current else None, version, weight, shadow)
+            self._start_version(model, mv)
+            with self.lock:
+                m = self.state["models"].setdefault(model, {"versions": {}, "policy": None})
+                policy = _deploy_policy(TrafficPolicy.from_dict(m["policy"]) if m["policy"] else None, version,
+                                        weight, shadow)
+                m["policy"] = policy.to_dict()
+                if alias is not None:
+                    m["follows"] = {**(m.get("follows") or {}), alias: version}
+                result = self._commit(model, "deploy", {"version": version, "weight": weight, "shadow": shadow,
+                                                        "follows": alias})
+        champion = "champion" in (getattr(mv, "aliases", None) or []) or alias == "champion"
+        if champion or alias:
+            result["note"] = _traffic_note(model, version, alias, result, None, champion=champion)
+        return result
+
+    def _start_version(self, model: str, mv) -> None:
+        """The version's Serve app running (a running one is not restarted) and its entry in the state."""
+        from ray import serve
+
+        from lakeloop.credentials import redact_uri
+        from lakeloop.serving.deployments import ModelServer, app_name
+        from lakeloop.serving.service import spread_options
+
         version = int(mv.version)
-        with self.lock:  # the new policy must be valid before a replica starts
-            current = self.state["models"].get(model, {}).get("policy")
-            _deploy_policy(TrafficPolicy.from_dict(current) if current else None, version, weight, shadow)
         uri = f"models:/{model}/{version}"
         schema, label = self._signature(uri)
         views = self._feature_views(model, version, schema)
@@ -155,27 +249,25 @@ class ServingController:
             online.start(self.ll, http=False)
         if not _app_running(app_name(model, version)):  # a running version is not restarted
             cpus = self.ll.config.serve.replica_cpus
-            serve.run(ModelServer.options(num_replicas=self.ll.config.serve.replicas,
+            replicas = self.ll.config.serve.replicas
+            serve.run(ModelServer.options(num_replicas=replicas, **spread_options(replicas),  # one node's loss costs one
                                           ray_actor_options={"num_cpus": cpus}).bind(
-                uri, self.ll.config.tracking_uri, self.ll.config.registry_uri),
+                uri, redact_uri(self.ll.config.tracking_uri), redact_uri(self.ll.config.registry_uri),
+                self.ll.config.lake.root),  # Serve keeps these arguments: never a password in them
                 name=app_name(model, version), route_prefix=None)
         with self.lock:
             m = self.state["models"].setdefault(model, {"versions": {}, "policy": None})
-            policy = _deploy_policy(TrafficPolicy.from_dict(m["policy"]) if m["policy"] else None, version, weight,
-                                    shadow)
             m["versions"][str(version)] = {
                 "uri": uri, "run_id": mv.run_id, "schema": schema, "label": label,
-                "aliases": list(getattr(mv, "aliases", []) or []),
+                "aliases": list(getattr(mv, "aliases", []) or []),  # at deploy time; GET /v1/models reads them live
                 "deployed_at": datetime.now(timezone.utc).isoformat()}
             m["feature_views"] = {**m.get("feature_views", {}), **views}
-            m["policy"] = policy.to_dict()
-            return self._commit(model, "deploy", {"version": version, "weight": weight, "shadow": shadow})
 
     def set_traffic(self, model: str, weights: dict, shadow: list | tuple = (), sticky: bool = True) -> dict:
         checked = check_traffic_request({"weights": weights, "shadow": list(shadow) if isinstance(
             shadow, (list, tuple)) else shadow, "sticky": sticky})
         weights, shadow, sticky = checked["weights"], checked["shadow"], checked["sticky"]
-        with self.lock:
+        with self.changes, self.lock:
             m = self._served(model)
             unknown = sorted({*weights, *shadow} - {int(v) for v in m["versions"]})
             if unknown:
@@ -193,15 +285,17 @@ class ServingController:
         The version must have passed the registry's gate unless ``force``.
         """
         version = check_promote_request({"version": version, "force": force})["version"]
-        version = int(self._resolve(model, version if version is not None else "challenger").version)
-        self.ll.models.promote(model, version, force=force)
-        return self._all_traffic_to(model, version, "promote")
+        with self.changes:
+            version = int(self._resolve(model, version if version is not None else "challenger").version)
+            self.ll.models.promote(model, version, force=force)
+            return self._all_traffic_to(model, version, "promote")
 
     def rollback(self, model: str) -> dict:
         """Champion alias back to the previous champion, and all traffic to it."""
-        self._served(model)
-        self.ll.models.rollback(model)
-        return self._all_traffic_to(model, int(self._resolve(model, "champion").version), "rollback")
+        with self.changes:
+            self._served(model)
+            self.ll.models.rollback(model)
+            return self._all_traffic_to(model, int(self._resolve(model, "champion").version), "rollback")
 
     def _all_traffic_to(self, model: str, version: int, action: str) -> dict:
         """Deploy ``version`` if needed, then route every request of ``model`` to it."""
@@ -213,6 +307,8 @@ class ServingController:
             policy = TrafficPolicy(weights={int(v): 100.0 if int(v) == version else 0.0 for v in m["versions"]},
                                    shadow=tuple(s for s in old.shadow if s != version), sticky=old.sticky)
             m["policy"] = policy.to_dict()
+            if "champion" in (m.get("follows") or {}):  # the alias moved here: following it is done
+                m["follows"] = {**m["follows"], "champion": version}
             return self._commit(model, action, {"version": version})
 
     def retire(self, model: str, version: int) -> dict:
@@ -221,11 +317,15 @@ class ServingController:
 
         from lakeloop.serving.deployments import app_name
 
-        with self.lock:
+        with self.changes, self.lock:
             m = self._served(model)
             policy = TrafficPolicy.from_dict(m["policy"])
             if policy.weights.get(int(version), 0) > 0 or int(version) in policy.shadow:
                 raise TrafficError(f"version {version} of {model!r} still gets traffic; move it away first")
+            held = sorted(a for a, v in (m.get("follows") or {}).items() if int(v) == int(version))
+            if held:
+                raise TrafficError(f"version {version} of {model!r} is served for alias(es) {held}; "
+                                   "it is replaced when the alias moves")
             m["versions"].pop(str(version), None)
             m["policy"] = TrafficPolicy(weights={v: w for v, w in policy.weights.items() if v != int(version)},
                                         shadow=policy.shadow, sticky=policy.sticky).to_dict()
@@ -248,6 +348,48 @@ class ServingController:
         if m is None:
             raise ModelNotServedError(f"model {model!r} is not served; served: {sorted(self.state['models'])}")
         return m
+
+
+def _moved(policy: TrafficPolicy, old: int, new: int) -> TrafficPolicy:
+    """``new`` takes ``old``'s weight (added to its own) or its shadow slot; ``old`` stays at weight 0."""
+    weights = {**policy.weights}
+    weights[new] = weights.get(new, 0.0) + weights.get(old, 0.0)
+    weights[old] = 0.0
+    shadow = [v for v in policy.shadow if v != new]
+    if old in shadow:
+        shadow = [new if v == old else v for v in shadow] if weights[new] == 0 else [v for v in shadow if v != old]
+    return TrafficPolicy(weights=weights, shadow=tuple(sorted(set(shadow))), sticky=policy.sticky)
+
+
+def _traffic_note(model: str, version: int, alias: str | None, result: dict, moved_from: int | None,
+                  champion: bool = False) -> str:
+    """What a deploy did to the traffic, in words (a version that is the champion may still get none)."""
+    share = (result.get("policy") or {}).get("weights", {}).get(str(version))
+    total = sum((result.get("policy") or {}).get("weights", {}).values()) or 1.0
+    pct = round(100 * (share or 0.0) / total, 3)
+    if moved_from is not None:
+        return (f"{model}@{alias} moved from v{moved_from} to v{version}: v{version} took v{moved_from}'s traffic "
+                f"and now gets {pct}%; v{moved_from} stays deployed at 0% (retire it when done)")
+    what = f"v{version} is {model}'s champion" if champion else f"v{version} is {model}@{alias}"
+    if alias:
+        what += f"; {model}@{alias} is followed: when the alias moves, its traffic moves with it"
+    if pct == 0 and version not in (result.get("policy") or {}).get("shadow", []):
+        return (f"{what}. It gets 0% of the traffic: other versions were deployed pinned and keep theirs; "
+                f"move it with `lakeloop serve traffic {model} {version}=100` or promote")
+    return f"{what}. It gets {pct}% of the traffic"
+
+
+def _report_follow_error(ll, model: str, alias: str, version: int, exc: Exception) -> None:
+    """An alias moved to a version that could not be rolled out: the old one keeps serving; say so."""
+    log.warning("%s@%s moved to v%s, which could not be rolled out: %s", model, alias, version, exc)
+    try:
+        from lakeloop.monitoring.events import record_event
+
+        record_event(ll, "alert", model, version=version, source="serving",
+                     reason=f"{model}@{alias} moved to v{version}, which could not be rolled out; the previous "
+                            f"version keeps serving: {type(exc).__name__}: {exc}"[:1000])
+    except Exception:
+        log.exception("could not record the failed roll-out in logs.events")
 
 
 def _deploy_policy(policy: TrafficPolicy | None, version: int, weight: float | None, shadow: bool) -> TrafficPolicy:
@@ -297,7 +439,13 @@ def check_model_state(m) -> list[str]:
     except TrafficError as exc:
         return [str(exc)]
     unknown = sorted({*policy.weights, *policy.shadow} - deployed)
-    return [f"traffic names version(s) {unknown} that are not deployed"] if unknown else []
+    if unknown:
+        return [f"traffic names version(s) {unknown} that are not deployed"]
+    follows = m.get("follows") or {}
+    if not isinstance(follows, dict) or any(not isinstance(a, str) or str(v) not in m["versions"]
+                                            for a, v in follows.items()):
+        return ["'follows' must map aliases to deployed versions"]
+    return []
 
 
 def restore_state(rows) -> tuple[dict, list[dict]]:

