@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean tools
+.PHONY: install demo test test-scale test-fast bench clean tools
 
 install: $(STAMP)
 
@@ -25,7 +25,12 @@ PYTEST_WORKERS ?= 2
 PYTEST_DIST    := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -q $(PYTEST_DIST)
+	$(BIN)/python -m pytest -q $(PYTEST_DIST) -m "not scale"
+
+# the slow parts of the multi-node and server suites (a 3-node loopback cluster, `mlflow server` on
+# PostgreSQL, the HAProxy ingress, the champion rollout under load): about 15 more minutes on 2 cores
+test-scale: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_DIST) -m scale
 
 tools:  # test-only programs from Debian packages (Prometheus for tests/test_prometheus.py), when root
 	@deploy/install-prometheus.sh

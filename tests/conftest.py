@@ -126,16 +126,27 @@ def pytest_runtest_teardown(item, nextitem):
 
 # the heaviest modules first, so that with `-n 2 --dist loadfile` (Makefile) the two workers finish close
 # together; the rest keep their order after them
-HEAVY_FIRST = ("serve", "test_retrain.py", "test_features_cli.py", "test_notebook.py", "test_jobs.py",
-               "test_monitoring.py", "test_registry.py", "test_automl.py")
+HEAVY_FIRST = ("test_cluster.py", "serve", "test_mlflow_server.py", "test_serving_fastpath.py",
+               "test_serving_alias.py", "test_notebook.py", "test_features_cli.py", "test_retrain.py", "test_jobs.py",
+               "test_job_submit.py", "test_platform_record.py", "test_monitoring.py", "test_registry.py",
+               "test_automl.py", "test_s3.py", "test_shared_catalog.py")
 
 
 def _module(nodeid: str) -> str:
     return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
 
 
+# the slow tests of these modules are `scale` (make test-scale): a 3-node cluster, a PostgreSQL-backed
+# `mlflow server`, the HAProxy ingress and the champion rollout under load cost ~15 minutes on 2 cores
+SCALE_SUITES = ("test_cluster.py", "test_mlflow_server.py", "test_serving_fastpath.py", "test_serving_alias.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Module order heaviest first (HEAVY_FIRST), SERVE_GROUP's modules together and in its order."""
+    """Module order heaviest first (HEAVY_FIRST), SERVE_GROUP's modules together and in its order; the slow
+    tests of SCALE_SUITES marked `scale`."""
+    for item in items:
+        if _module(item.nodeid) in SCALE_SUITES and item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.scale)
     def rank(item) -> tuple[int, int]:
         name = _module(item.nodeid)
         key = "serve" if name in SERVE_GROUP else name

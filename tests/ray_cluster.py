@@ -106,7 +106,7 @@ def node_command(role: str, *, ip: str, gcs_port: int, config_file: str, name: s
     env = {**env, "LAKELOOP_CONFIG": config_file, **(extra_env or {})}
     ports = free_ports(6)
     flags.update({
-        "--node-ip-address": ip, "--num-cpus": str(num_cpus), "--resources": json.dumps({f"node_{name}": 1}),
+        "--node-ip-address": ip, "--num-cpus": str(int(num_cpus)), "--resources": json.dumps({f"node_{name}": 1}),
         "--temp-dir": temp_dir, "--node-manager-port": str(ports[0]), "--object-manager-port": str(ports[1]),
         "--metrics-export-port": str(ports[2]), "--dashboard-agent-listen-port": str(ports[3]),
         "--dashboard-agent-grpc-port": str(ports[4]), "--runtime-env-agent-port": str(ports[5]),

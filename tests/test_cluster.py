@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -180,22 +179,18 @@ def test_three_nodes_started_with_cluster_yaml_lines_listen_on_loopback_only(clu
 
 # -- the demo against the cluster ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_demo_fast_runs_end_to_end_against_the_cluster_address(cluster, cl, tmp_path):
-    """The same loop as test_retrain's single-node demo test, with LAKELOOP_RAY_ADDRESS the cluster's GCS."""
+def test_demo_fast_runs_end_to_end_against_the_cluster_address(cluster, cl, tmp_path, capsys):
+    """`lakeloop demo --fast` with LAKELOOP_RAY_ADDRESS the cluster's GCS: the whole loop (tests/demo_checks.py)."""
     from ray.job_submission import JobSubmissionClient
 
+    from demo_checks import check_demo_summary
     from lakeloop.retrain.trigger import auth_headers
 
     proc = run_cli("demo", "--fast", "--json", cwd=tmp_path, timeout=540,
                    env={"LAKELOOP_RAY_ADDRESS": cluster.gcs_address, "LAKELOOP_SERVE_PORT": str(free_port()),
                         "LAKELOOP_ONLINE_PORT": str(free_port())})
     summary = json.loads(proc.stdout)
-    assert summary["lake"] == str(tmp_path / "lake")
-    assert summary["traffic"]["failed"] == 0 and summary["traffic"]["rows"] >= 1000, summary["traffic"]["errors"]
-    assert summary["drift"]["detected_at"]
-    assert summary["retrain"]["status"] == "SUCCEEDED" and summary["outcome"] == "promoted"
-    assert summary["promoted_version"] == 2 and summary["canary"]["verdict"] == "promote"
-    assert summary["shutdown"] == {"monitor": "stopped", "serving": "stopped", "online store": "stopped"}
+    check_demo_summary(summary, tmp_path / "lake", capsys)
     assert summary["ray_dashboard"].rstrip("/").endswith(cluster.dashboard_url.rsplit(":", 1)[1])
     # the retrain job ran on this cluster: its job server knows it
     jobs = JobSubmissionClient(cluster.dashboard_url, headers=auth_headers())
@@ -372,6 +367,11 @@ def test_monitor_actor_restarts_on_another_node_and_resumes_from_its_cursor(cl, 
     reference = rows(2000, np.random.default_rng(5))
     # keep the head busy while the monitor starts, so that it lands on a worker we can lose
     free_on_head = ray._private.state.available_resources_per_node()[ids["head"]].get("CPU", 0)
+
+    class _Hold:  # holds the head's CPUs; defined here so Ray ships it by value (workers cannot import tests/)
+        def ready(self) -> bool:
+            return True
+
     hold = ray.remote(_Hold).options(num_cpus=free_on_head, resources={"node_head": 0.001}).remote()
     ray.get(hold.ready.remote())
     victim = None
@@ -407,13 +407,6 @@ def test_monitor_actor_restarts_on_another_node_and_resumes_from_its_cursor(cl, 
         ray.kill(hold)
         if victim is not None:
             restart_worker(cluster, victim)
-
-
-class _Hold:
-    """Holds CPUs on a node (a placeholder, so other work is placed elsewhere)."""
-
-    def ready(self) -> bool:
-        return True
 
 
 def _actor_node(handle) -> str:

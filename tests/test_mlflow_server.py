@@ -125,10 +125,12 @@ def test_versions_with_signature_aliases_and_lineage_tags_live_in_the_registry(s
     lineage = ll.models.lineage("credit", 1)
     assert lineage["lineage"]["frame"]["entities"] == {"table": "raw.credit", "version": 1}
     mlflow.set_tracking_uri(ll.config.tracking_uri)
+    mlflow.set_registry_uri(ll.config.registry_uri)  # an earlier test of this process may have set another one
     try:
         signature = get_model_info("models:/credit@champion").signature
     finally:
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     assert signature is not None and set(FEATURES) <= set(signature.inputs.input_names())
 
 

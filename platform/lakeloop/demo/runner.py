@@ -506,9 +506,10 @@ class _Loop:
         if not job_id:
             return {}
         client = self.trigger.client()
-        deadline = time.monotonic() + 60
+        # it ends right after its last event, but its exit (Ray shutdown, log flush) is slow on a busy machine
+        deadline = time.monotonic() + 300
         status = client.get_job_status(job_id)
-        while not status.is_terminal() and time.monotonic() < deadline:  # it ends right after its last event
+        while not status.is_terminal() and time.monotonic() < deadline:
             time.sleep(0.5)
             status = client.get_job_status(job_id)
         log = self.work / "retrain_job.log"

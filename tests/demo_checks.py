@@ -1,0 +1,50 @@
+"""What `lakeloop demo --fast --json` must show: the whole loop closed, with no failed request.
+
+Used by tests/test_retrain.py (a local Ray the CLI starts) and tests/test_cluster.py (a 3-node cluster's
+address).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lakeloop
+from lakeloop.demo.scenario import BAD_KINDS
+
+
+def check_demo_summary(summary: dict, lake: Path, capsys) -> None:
+    assert summary["lake"] == str(lake)
+    assert summary["quarantined"] > 0 and set(summary["quarantined_by_rule"]) == set(BAD_KINDS.values())
+    traffic = summary["traffic"]
+    assert traffic["failed"] == 0 and traffic["rows"] >= 1000, traffic["errors"]
+    assert summary["drift"]["detected_at"] and summary["drift"]["seconds_to_detect"] >= 0
+    assert "customer_stats__log_amount" in summary["drift"]["drifted"]
+    assert summary["retrain"]["job_id"], summary["events"][-12:]
+    assert summary["retrain"]["job_id"].startswith("lakeloop-retrain-fraud-")
+    assert summary["retrain"]["status"] == "SUCCEEDED"
+    assert summary["outcome"] == "promoted" and summary["promoted_version"] == 2, summary["events"]
+    canary = summary["canary"]
+    assert canary["verdict"] == "promote" and canary["p_value"] < 0.05
+    assert canary["challenger_accuracy"] > canary["champion_accuracy"]
+    kinds = [e["kind"] for e in summary["events"] if e["kind"] not in ("drift_detected", "alert")]
+    assert kinds == ["retrain_submitted", "retrain_started", "materialized", "challenger_registered",
+                     "canary_started", "canary_verdict", "promoted"]
+    assert summary["models"]["before"]["version"] == 1 and summary["models"]["after"]["aliases"] == ["champion"]
+    after = summary["phases"]["after verdict"]
+    assert list(after["by_version"]) == ["v2"] and after["accuracy"] > summary["phases"]["drift"]["accuracy"]
+    versions = summary["data_versions"]
+    assert versions["raw.transactions"]["latest"] > versions["raw.transactions"]["after_history"]
+    assert versions["features.customer_stats"]["latest"] > versions["features.customer_stats"]["after_history"]
+    assert summary["shutdown"] == {"monitor": "stopped", "serving": "stopped", "online store": "stopped"}
+    assert summary["plot"].endswith("_demo/loop.png") and (lake / "_demo" / "loop.png").stat().st_size
+    run = lakeloop.connect(lake_root=summary["lake"]).mlflow.get_run(summary["demo_mlflow_run"])
+    assert run.data.metrics["failed_requests"] == 0 and run.data.metrics["canary_p_value"] < 0.05
+
+    # the same summary as people read it
+    from lakeloop.cli.demo import show
+
+    show(summary)
+    human = capsys.readouterr().out
+    for text in ("quarantined rows by rule", "data versions", "live traffic", "canary verdict", "promoted version",
+                 "requests served / failed", "Ray dashboard", "MLflow UI", "demo done"):
+        assert text in human
