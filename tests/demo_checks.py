@@ -6,10 +6,38 @@ address).
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import lakeloop
+from conftest import BIN
 from lakeloop.demo.scenario import BAD_KINDS
+
+
+def run_demo(cwd: Path, env: dict[str, str], timeout: float) -> dict:
+    """`lakeloop demo --fast --json` in ``cwd``; its summary. Past ``timeout`` it gets a Ctrl-C (SIGINT) and
+    two minutes to stop what it started (on a cluster its monitor, replicas and retrain job would otherwise
+    keep running, and holding CPUs, after the test), then SIGKILL."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")} | env
+    proc = subprocess.Popen([str(BIN / "lakeloop"), "demo", "--fast", "--json"], cwd=cwd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(f"lakeloop demo --fast did not end within {timeout} s; interrupted "
+                             f"(exit {proc.returncode}):\n{err[-4000:]}") from None
+    if proc.returncode != 0:
+        raise AssertionError(f"lakeloop demo --fast exited {proc.returncode}:\n{out[-2000:]}\n{err[-4000:]}")
+    return json.loads(out)
 
 
 def check_demo_summary(summary: dict, lake: Path, capsys) -> None:

@@ -27,6 +27,9 @@ from conftest import BIN, free_port
 # the README's line ("MLflow as a service"); the test runs it with its own bucket and port
 README_LINE = "mlflow server --artifacts-destination s3://lakeloop/mlflow --host 127.0.0.1 --port 5000 --workers 2"
 README_ENV = "MLFLOW_BACKEND_STORE_URI"  # the database URI, password included, goes here
+# the README's advice: lakeloop runs no MLflow server jobs, and without this the server keeps five huey
+# consumer processes (~270 MB each) polling for them
+README_NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ def running_mlflow(backend_uri: str, bucket: str, log_dir: str | os.PathLike, ti
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("LAKELOOP_") and k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env[README_ENV] = backend_uri
+    env.update(README_NO_JOBS)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # it starts uvicorn from PATH
     url = f"http://127.0.0.1:{port}"
     log = open(Path(log_dir, "mlflow-server.log"), "w")

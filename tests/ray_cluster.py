@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -257,13 +258,30 @@ def start_cluster(workdir: Path, lake_root: str, *, cpus: tuple[float, float, fl
         head = start_node(cluster, "head", "head", HEAD_IP, gcs_port, cpus[0])
         cluster.dashboard_url = _dashboard_url(head)
         wait_for_nodes(cluster)
-        for name, n in zip(WORKERS, cpus[1:]):
-            start_node(cluster, "worker", name, HEAD_IP, gcs_port, n)
-        wait_for_nodes(cluster)
+        for name, n in zip(WORKERS, cpus[1:]):  # one after the other: each picks its ports once the last is up
+            start_worker(cluster, name, n)
     except BaseException:
         stop_cluster(cluster)
         raise
     return cluster
+
+
+def start_worker(cluster: LocalCluster, name: str, cpus: float, attempts: int = 2) -> Node:
+    """A worker node, waited for until alive. A node whose `ray start` exits during startup (seen once on an
+    idle machine: "The current node timed out during startup", no raylet log) is started again, once,
+    with new ports; its log goes to stderr."""
+    gcs_port = int(cluster.gcs_address.rsplit(":", 1)[1])
+    for attempt in range(1, attempts + 1):
+        node = start_node(cluster, "worker", name, HEAD_IP, gcs_port, cpus)
+        try:
+            wait_for_nodes(cluster)
+            return node
+        except AssertionError as exc:
+            if attempt == attempts or node.process.poll() is None:
+                raise
+            print(f"Ray worker {name} exited while starting; starting it again:\n{exc}", file=sys.stderr)
+            stop_node(node)
+    raise AssertionError("unreachable")
 
 
 def restart_worker(cluster: LocalCluster, name: str) -> Node:
@@ -271,9 +289,7 @@ def restart_worker(cluster: LocalCluster, name: str) -> Node:
     old = cluster.nodes[name]
     cpus = float(old.process.args[old.process.args.index("--num-cpus") + 1])
     stop_node(old)
-    node = start_node(cluster, "worker", name, HEAD_IP, int(cluster.gcs_address.rsplit(":", 1)[1]), cpus)
-    wait_for_nodes(cluster)
-    return node
+    return start_worker(cluster, name, cpus)
 
 
 def _dashboard_url(head: Node) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -154,8 +155,10 @@ def test_regression_with_cross_validation_on_a_dataframe_within_a_time_budget(ll
     from sklearn.datasets import load_diabetes
 
     data = load_diabetes(as_frame=True).frame
+    before = signal.getsignal(signal.SIGINT)
     result = ll.automl.run(data, target="target", task="regression", metric="rmse", families=["linear", "hgb"],
                            budget_s=6, cv=3, seed=1, register=False, progress=False)
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C interrupts again after the search (Tune's handler)
     assert result.model_version is None and result.spec.task == "regression" and result.spec.cv_folds == 3
     assert set(result.metrics) >= {"r2", "rmse", "mae"} and result.metrics["rmse"] > 0
     runs = trial_runs(ll, result.run_id)

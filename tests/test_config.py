@@ -127,6 +127,17 @@ def test_mlflow_store_is_a_sqlite_file_under_the_lake(ll, lake_root):
     assert Path(lake_root / "mlartifacts").as_uri() in ll.mlflow.get_experiment(exp).artifact_location
 
 
+def test_a_named_database_keeps_artifacts_under_the_lake_and_a_server_decides_its_own(tmp_path):
+    """MLflow's default for a database is ./mlruns in whatever directory the process ran in (a cluster's
+    nodes each had their own, and a bench run left one in the repository)."""
+    named = lakeloop.connect(lake_root=str(tmp_path / "lake"), mlflow_tracking_uri=f"sqlite:///{tmp_path}/other.db")
+    exp = named.mlflow.get_experiment(named.experiment_id())
+    assert exp.artifact_location == (tmp_path / "lake" / "mlartifacts").as_uri()
+    assert not (tmp_path / "mlruns").exists()
+    served = lakeloop.connect(lake_root=str(tmp_path / "lake2"), mlflow_tracking_uri="http://127.0.0.1:5000")
+    assert served.config.artifact_location is None
+
+
 def test_s3_lake_root_is_wired_to_delta_up_to_the_connection():
     """An s3:// root reaches delta-rs' object store with the storage options (a closed loopback endpoint)."""
     cfg = load_config({"lake": {"root": "s3://bucket/lake", "storage_options": {

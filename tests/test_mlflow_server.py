@@ -23,7 +23,7 @@ import pytest
 
 import lakeloop
 from conftest import REPO, free_port, run_cli
-from mlflow_server import README_ENV, README_LINE, running_mlflow
+from mlflow_server import README_ENV, README_LINE, README_NO_JOBS, running_mlflow
 from pg_server import running_postgres
 from test_automl import FEATURES, make_rows, write_table
 
@@ -211,6 +211,7 @@ def test_lakeloop_ui_names_the_tracking_server_instead_of_starting_a_second_ui(s
 
 def test_the_readme_shows_the_server_line_the_tests_run_and_the_config_pointing_at_it():
     assert f"```sh\n{README_LINE}\n```" in SECTION and f"{README_ENV}=postgresql+psycopg2://" in SECTION
+    assert all(f"`{k}={v}`" in SECTION for k, v in README_NO_JOBS.items())
     assert README_YAML and README_YAML.group(1) == "mlflow:\n  tracking_uri: http://127.0.0.1:5000\n"
 
 

@@ -179,7 +179,8 @@ def test_windows_per_served_version_with_live_metric_mlflow_metrics_reports_and_
     assert [m.step for m in client.get_metric_history(monitor.run_id, "v2/mmd_p_value")] == [2]
     assert client.get_metric_history(monitor.run_id, "v1/p_value/amount")[-1].value < 1e-6
     reports = [a.path for a in client.list_artifacts(monitor.run_id, "reports")]
-    assert reports == ["reports/window_00003_v1", "reports/window_00004_v1"]   # drifting windows only
+    # drifting windows only, and of a streak the first (then every report_every-th: 10 by default)
+    assert reports == ["reports/window_00003_v1"]
     pngs = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(monitor.run_id, reports[0])}
     assert pngs == {"amount.png", "age.png", "country.png", "summary.json"}
 
@@ -359,6 +360,8 @@ def test_status_and_settings_errors_are_clear(ll):
         MonitorSettings(window_rows=3)
     with pytest.raises(MonitorError, match="webhook_url"):
         MonitorSettings(webhook_url="ftp://x")
+    with pytest.raises(MonitorError, match="report_every"):
+        MonitorSettings(report_every=0)
     with pytest.raises(MonitorError, match="trigger must be callable"):
         monitoring.start(ll, MODEL, trigger="retrain")
 

@@ -119,6 +119,19 @@ def test_a_materialization_here_is_seen_at_once_and_one_elsewhere_within_a_poll(
            "the value materialized elsewhere")
 
 
+def test_now_is_the_time_the_ttl_is_measured_from(lake):
+    at = pd.Timestamp(lake.features.online_features("user_rows", ["u1"]).loc[0, "_event_time"])
+    # user_rows keeps values 1 day: known an hour later, missing two days later
+    inside = lake.features.online_features("user_rows", ["u1"], now=at + pd.Timedelta("1h"))
+    assert inside["_missing"].tolist() == [False]
+    later = lake.features.online_features("user_rows", ["u1"], now=(at + pd.Timedelta("2d")).isoformat())
+    assert later["_missing"].tolist() == [True] and pd.isna(later.loc[0, "amount"])
+    naive = lake.features.online_features("user_rows", ["u1"], now=(at + pd.Timedelta("2d")).tz_localize(None))
+    assert naive["_missing"].tolist() == [True]  # a naive time is UTC
+    with pytest.raises(SchemaError, match="now must be a timestamp"):
+        lake.features.online_features("user_rows", ["u1"], now="next tuesday-ish")
+
+
 def triple_amount(df):
     df["amount2"] = df["amount"] * 2
     df["amount3"] = df["amount"] * 3

@@ -387,8 +387,7 @@ def test_a_shadow_challenger_that_is_not_better_is_rolled_back_and_traffic_never
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_demo_closes_the_loop_drift_retrain_job_canary_promotion_with_no_failed_request(tmp_path, capsys):
-    from demo_checks import check_demo_summary
+    from demo_checks import check_demo_summary, run_demo
 
-    proc = run_cli("demo", "--fast", "--json", cwd=tmp_path, env={"LAKELOOP_SERVE_PORT": str(free_port())},
-                   timeout=540)
-    check_demo_summary(json.loads(proc.stdout), tmp_path / "lake", capsys)
+    summary = run_demo(tmp_path, {"LAKELOOP_SERVE_PORT": str(free_port())}, timeout=420)
+    check_demo_summary(summary, tmp_path / "lake", capsys)

@@ -21,10 +21,24 @@ pytestmark = pytest.mark.slow
 ROW = {"amount": 150.0, "country": "US"}
 
 
+def output(proc: subprocess.Popen, chars: int = 3000) -> str:
+    """The end of what a process started by :func:`start` printed (stdout and stderr, in a file: a pipe nobody
+    reads fills up, and a process blocked writing its shutdown logs to it never exits)."""
+    return Path(proc.log_path).read_text(errors="replace")[-chars:]
+
+
+def start(argv: list[str], tmp_path: Path, **kwargs) -> subprocess.Popen:
+    log_path = tmp_path / f"{Path(argv[0]).name}-{len(list(tmp_path.glob('*.log')))}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True, **kwargs)
+    proc.log_path = log_path
+    return proc
+
+
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
+        assert proc.poll() is None, output(proc)
         try:
             http_json("GET", f"{url}/healthz", timeout=2)
             return
@@ -56,8 +70,8 @@ def test_serve_up_then_deploy_promote_rollback_from_the_cli(registered, tmp_path
     """Also the in-process mode: the ingress answers from its own copy of each live version."""
     ll, (v1, v2), env = registered
     env = {**env, "LAKELOOP_SERVE_IN_PROCESS": "true"}
-    proc = subprocess.Popen([str(BIN / "lakeloop"), "serve", "up", "--model", f"fraud:{v1}", "--seconds", "300"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start([str(BIN / "lakeloop"), "serve", "up", "--model", f"fraud:{v1}", "--seconds", "300"], tmp_path,
+                 env=env)
     try:
         wait_healthy(ll.serving.url, proc)
         deadline = time.monotonic() + 120
@@ -82,7 +96,7 @@ def test_serve_up_then_deploy_promote_rollback_from_the_cli(registered, tmp_path
         rid = ll.serving.predict("fraud", [ROW])["request_id"]
     finally:
         code = stop(proc)
-    assert code == 0
+    assert code == 0, output(proc)
     # graceful shutdown flushed the inference log: every answered request is in the lake
     log = ll.lake.table("logs.inference").to_pandas()
     assert rid in set(log["request_id"]) and len(log[log["route"] == "primary"]) >= 51
@@ -96,9 +110,8 @@ def test_serve_run_import_path(registered, tmp_path):
         if s.connect_ex(("127.0.0.1", 8000)) == 0:
             pytest.skip("port 8000 is taken; `serve run` has no port flag")
     env = {**env, "RAY_AUTH_MODE": "token", "LAKELOOP_SERVE_PORT": "8000"}
-    proc = subprocess.Popen([str(BIN / "serve"), "run", "--address", "local", "--app-dir", str(REPO),
-                             "serve_apps.inference:app"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start([str(BIN / "serve"), "run", "--address", "local", "--app-dir", str(REPO),
+                  "serve_apps.inference:app"], tmp_path, env=env, start_new_session=True)
     try:
         wait_healthy("http://127.0.0.1:8000", proc)
         assert http_json("GET", "http://127.0.0.1:8000/v1/models")["models"] == {}

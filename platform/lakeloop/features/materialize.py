@@ -428,11 +428,37 @@ def compute_on_ray(view: FeatureView, rows: "pd.DataFrame", lake: "Lake") -> "pd
         n_blocks = max(1, min(64, len(rows) // 200_000 + 1))
         bounds = np.linspace(0, len(rows), n_blocks + 1).astype(int)
         parts = [rows.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    ds = ray.data.from_pandas([p for p in parts if len(p)])
+    ds = _from_pandas([p for p in parts if len(p)])
     result = ds.map_batches(lambda df: compute(view, df), batch_format="pandas", batch_size=None,
                             num_cpus=0.5, zero_copy_batch=False)
     frames = [b for b in result.iter_batches(batch_format="pandas", batch_size=None)]
     return pd.concat(frames, ignore_index=True) if frames else compute(view, rows.iloc[:0])
+
+
+def _from_pandas(parts: list) -> "ray.data.Dataset":
+    """``ray.data.from_pandas(parts)``, its blocks' metadata computed here instead of in one remote task per
+    block. Ray Data gives those tasks a whole CPU, so on a cluster whose nodes each hold a fraction of a
+    CPU for actors (replicas, the monitor: a demo on three 1-CPU nodes) they never started and the
+    materialization waited forever; the map tasks below ask for half a CPU. (Ray 2.60's own code, pinned.)"""
+    import ray
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators.from_operators import FromPandas
+    from ray.data._internal.stats import DatasetStats
+    from ray.data._internal.util import get_table_block_metadata_schema
+    from ray.data.context import DataContext
+    from ray.data.dataset import MaterializedDataset
+    from ray.data.util.data_batch_conversion import _cast_ndarray_columns_to_tensor_extension
+
+    context = DataContext.get_current()
+    if not context.enable_pandas_block:  # Ray converts to Arrow blocks in remote tasks then: its own path
+        return ray.data.from_pandas(parts)
+    if context.enable_tensor_extension_casting:
+        parts = [_cast_ndarray_columns_to_tensor_extension(df.copy()) for df in parts]
+    refs = [ray.put(df) for df in parts]
+    metadata = [get_table_block_metadata_schema(df) for df in parts]
+    stats = DatasetStats(metadata={"FromPandas": metadata}, parent=None)
+    ctx = context.copy()
+    return MaterializedDataset(LogicalPlan(FromPandas(refs, metadata), ctx), ctx, stats)
 
 
 def _ship_user_code(view: FeatureView) -> None:

@@ -731,9 +731,22 @@ def notify(ll: "Lakeloop", name: str, changed=None) -> None:
         ray.get(actor.refresh.remote(name))
 
 
-def lookup(ll: "Lakeloop", name: str, entities) -> "pd.DataFrame":
-    """Feature values for ``entities`` from this process's replica (:func:`reader`): no Ray hop."""
+def lookup(ll: "Lakeloop", name: str, entities, now=None) -> "pd.DataFrame":
+    """Feature values for ``entities`` from this process's replica (:func:`reader`): no Ray hop.
+
+    ``now``: the time each value's age is measured at against the view's ttl (default the clock)."""
     import pandas as pd
+
+    now_us = None
+    if now is not None:
+        try:
+            stamp = pd.Timestamp(now)
+        except (ValueError, TypeError) as exc:
+            raise SchemaError(f"now must be a timestamp, got {_clip(now)}: {exc}") from None
+        if stamp is pd.NaT:
+            raise SchemaError("now must be a timestamp, got a missing value (NaT)")
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        now_us = stamp.value // 1000
 
     table = reader(ll).table(name)
     if not isinstance(entities, (pd.DataFrame, dict)):
@@ -743,4 +756,4 @@ def lookup(ll: "Lakeloop", name: str, entities) -> "pd.DataFrame":
                 raise SchemaError(f"view {name!r} has several join keys {table.keys}: pass dicts")
             key = table.keys[0]
             entities = [{key: e} for e in entities]
-    return pd.DataFrame(table.lookup_columns(normalize_entities(entities)))
+    return pd.DataFrame(table.lookup_columns(normalize_entities(entities), now_us))

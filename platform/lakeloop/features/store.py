@@ -491,11 +491,14 @@ class FeatureStore:
 
         ``entities``: a DataFrame or list of dicts with the join keys, or a list of
         key values for a single-key view. Unknown entities get nulls and
-        ``_missing=True``.
+        ``_missing=True``. ``now`` (a timestamp, default the clock) is the time the
+        view's ``ttl`` is measured from: a value older than ``now - ttl`` is missing.
+        The online store holds each entity's newest value only; for values as of a
+        past time, build a training frame.
         """
         from lakeloop.features import online
 
-        return online.lookup(self.ll, name, entities)
+        return online.lookup(self.ll, name, entities, now=now)
 
     def push(self, name: str, rows) -> dict:
         """Stream rows into a view: land them in its source, update the offline table and online store."""

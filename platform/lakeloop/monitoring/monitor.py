@@ -146,6 +146,7 @@ class Monitor:
                                              "policy", "events"], filters=[("model", "=", self.model)])
         self.next_window = 0
         self.version_windows: dict[int, int] = {}
+        self.drift_streak: dict[int, int] = {}  # version -> drifting windows in a row (this run), for report_every
         self.rows_counted = 0
         self.cursors, self.read_to = {}, None
         self.policy_state = Policy.initial_state()
@@ -554,7 +555,10 @@ class Monitor:
         self._guard("gauges", self._set_gauges, version, result, prediction, metric, value, estimate, bad_rows)
         self._guard("mlflow metrics", self._log_metrics, window, version, result, prediction, metric, value, labelled,
                     skew, estimate, bad_rows)
-        wanted = self.settings.report == "always" or (self.settings.report == "drift" and result and result["drift"])
+        drifting = bool(result and result["drift"])
+        streak = self.drift_streak[version] = self.drift_streak.get(version, 0) + 1 if drifting else 0
+        wanted = self.settings.report == "always" or (
+            self.settings.report == "drift" and drifting and (streak - 1) % self.settings.report_every == 0)
         if wanted and isinstance(detector, DriftDetector):
             self._guard("drift report", self._log_report, window, version, detector, feats, result)
 

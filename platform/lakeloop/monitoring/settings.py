@@ -79,7 +79,9 @@ class MonitorSettings:
     windows; ``estimate`` (on by default) the metric without labels per window
     (:mod:`lakeloop.monitoring.performance`: CBPE for classifiers, DLE for
     regressors, learnt on the version's labelled holdout); ``report`` PNGs on drifting windows (``drift``), every window
-    (``always``) or ``never``; ``webhook_url`` gets a JSON POST for each event
+    (``always``) or ``never``; with ``drift``, a streak of drifting windows gets one on its first window and then on
+    every ``report_every``-th (a drifting model at 100 requests/s would otherwise log a near-identical report
+    every few seconds, and drawing them was half the monitor's CPU); ``webhook_url`` gets a JSON POST for each event
     whose kind is in ``webhook_kinds``.
     """
 
@@ -104,6 +106,7 @@ class MonitorSettings:
     metric_windows: int = 5
     report: str = "drift"
     report_max_features: int = 12
+    report_every: int = 10
     skew_views: tuple[str, ...] | None = None
     skew_sample: int = 50
     skew_alert_rate: float | None = 0.1
@@ -148,6 +151,8 @@ class MonitorSettings:
             bad("metric_windows", "at least 1")
         if self.report not in REPORTS:
             bad("report", f"choose one of {', '.join(REPORTS)}")
+        if not isinstance(self.report_every, int) or self.report_every < 1:
+            bad("report_every", "a whole number of windows, at least 1 (1: every drifting window)")
         if self.webhook_url is not None and not str(self.webhook_url).startswith(("http://", "https://")):
             bad("webhook_url", "an http:// or https:// URL")
         if not 0 < self.num_cpus <= 4:

