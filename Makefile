@@ -22,7 +22,7 @@ demo: $(STAMP)
 # two pytest-xdist workers: each test module runs whole on one worker, the serving modules together
 # (tests/conftest.py orders and groups them); `make test PYTEST_WORKERS=0` runs the suite in one process
 PYTEST_WORKERS ?= 2
-PYTEST_DIST    := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST_DIST    := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q $(PYTEST_DIST) -m "not scale"
