@@ -27,8 +27,8 @@ PYTEST_DIST    := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q $(PYTEST_DIST) -m "not scale"
 
-# the slow parts of the multi-node and server suites (a 3-node loopback cluster, `mlflow server` on
-# PostgreSQL, the HAProxy ingress, the champion rollout under load): about 15 more minutes on 2 cores
+# the slowest tests (a 3-node loopback cluster, the HAProxy ingress, the champion rollout under load, the
+# notebook top to bottom): about 15 more minutes on 2 cores
 test-scale: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_DIST) -m scale
 

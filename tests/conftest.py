@@ -126,8 +126,8 @@ def pytest_runtest_teardown(item, nextitem):
 
 # the heaviest modules first, so that with `-n 2 --dist loadfile` (Makefile) the two workers finish close
 # together; the rest keep their order after them
-HEAVY_FIRST = ("test_cluster.py", "serve", "test_mlflow_server.py", "test_serving_fastpath.py",
-               "test_serving_alias.py", "test_notebook.py", "test_features_cli.py", "test_retrain.py", "test_jobs.py",
+HEAVY_FIRST = ("test_cluster.py", "test_retrain.py", "serve", "test_mlflow_server.py", "test_serving_fastpath.py",
+               "test_serving_alias.py", "test_notebook.py", "test_features_cli.py", "test_jobs.py",
                "test_job_submit.py", "test_platform_record.py", "test_monitoring.py", "test_registry.py",
                "test_automl.py", "test_s3.py", "test_shared_catalog.py")
 
@@ -136,9 +136,11 @@ def _module(nodeid: str) -> str:
     return nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
 
 
-# the slow tests of these modules are `scale` (make test-scale): a 3-node cluster, a PostgreSQL-backed
-# `mlflow server`, the HAProxy ingress and the champion rollout under load cost ~15 minutes on 2 cores
-SCALE_SUITES = ("test_cluster.py", "test_mlflow_server.py", "test_serving_fastpath.py", "test_serving_alias.py")
+# the slow tests of these modules are `scale` (make test-scale): a 3-node cluster, the HAProxy ingress, the
+# champion rollout under load and a second run of the whole loop (the notebook; `make test` runs the loop as
+# `lakeloop demo --fast` and checks the notebook's committed outputs) cost ~15 minutes on 2 cores. The
+# PostgreSQL-backed `mlflow server` suite stays in `make test` (~75 s alone).
+SCALE_SUITES = ("test_cluster.py", "test_serving_fastpath.py", "test_serving_alias.py", "test_notebook.py")
 
 
 def pytest_collection_modifyitems(config, items):
