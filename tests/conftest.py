@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import pytest
 
@@ -174,10 +174,16 @@ def pytest_xdist_make_scheduler(config, log):
     return ModuleGroups(config, log)
 
 
+def clean_env(base: Mapping[str, str] | None = None, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """``base`` (this process's environment) for a child process: no ``LAKELOOP_*`` setting of this test run
+    (a child reads its own from the test) and none of ``drop``."""
+    base = os.environ if base is None else base
+    return {k: v for k, v in base.items() if not k.startswith("LAKELOOP_") and k not in drop}
+
+
 def run_cli(*args: str, cwd=None, env=None, check=True, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the installed ``lakeloop`` console script, as a user would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
-    full_env.update(env or {})
+    full_env = clean_env() | (env or {})
     proc = subprocess.run([str(BIN / "lakeloop"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -7,13 +7,12 @@ address).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
 
 import lakeloop
-from conftest import BIN
+from conftest import BIN, clean_env
 from lakeloop.demo.scenario import BAD_KINDS
 
 
@@ -21,7 +20,7 @@ def run_demo(cwd: Path, env: dict[str, str], timeout: float) -> dict:
     """`lakeloop demo --fast --json` in ``cwd``; its summary. Past ``timeout`` it gets a Ctrl-C (SIGINT) and
     two minutes to stop what it started (on a cluster its monitor, replicas and retrain job would otherwise
     keep running, and holding CPUs, after the test), then SIGKILL."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")} | env
+    full_env = clean_env() | env
     proc = subprocess.Popen([str(BIN / "lakeloop"), "demo", "--fast", "--json"], cwd=cwd, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

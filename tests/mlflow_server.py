@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import BIN, free_port
+from conftest import BIN, clean_env, free_port
 
 # the README's line ("MLflow as a service"); the test runs it with its own bucket and port
 README_LINE = "mlflow server --artifacts-destination s3://lakeloop/mlflow --host 127.0.0.1 --port 5000 --workers 2"
@@ -63,8 +63,7 @@ def running_mlflow(backend_uri: str, bucket: str, log_dir: str | os.PathLike, ti
     wait for ``/health``; yield an :class:`MlflowServer`; stop its whole process group."""
     port = free_port()
     argv = server_argv(bucket, port)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LAKELOOP_") and k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = clean_env(drop=("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"))
     env[README_ENV] = backend_uri
     env.update(README_NO_JOBS)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # it starts uvicorn from PATH

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, clean_env
 from ray_heads import HEAD_ENV, free_ports
 
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -167,8 +167,7 @@ class LocalCluster:
 
 
 def _base_env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LAKELOOP_") and k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    env = clean_env(drop=("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"))
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 

@@ -18,7 +18,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import BIN
+from conftest import BIN, clean_env
 
 # the README's line for a single-machine head (Configuration), plus ports of its own for the test
 HEAD_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -40,7 +40,7 @@ def start_head(temp_dir: str, num_cpus: int = 1):
     """Start the head; returns (process, dashboard address, env for Ray clients)."""
     gcs, dash, client, agent, agent_grpc, runtime_env_agent, metrics = free_ports(7)
     env = {**os.environ, **HEAD_ENV, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env = {k: v for k, v in env.items() if not k.startswith("LAKELOOP_") and k != "RAY_ADDRESS"}
+    env = clean_env(env, drop=("RAY_ADDRESS",))
     with open(Path(temp_dir, "head.log"), "w") as log:
         head = subprocess.Popen(
             [str(BIN / "ray"), *HEAD_ARGS, "--block", "--port", str(gcs), "--dashboard-port", str(dash),

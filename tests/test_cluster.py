@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, free_port, run_cli
+from conftest import REPO, free_port
 from ray_cluster import (CLUSTER_YAML, HEAD_IP, LAUNCHER_ONLY, WORKERS, _flags, launcher_config, restart_worker,
                          start_cluster, start_line, stop_cluster)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ STALLED_WRITER = textwrap.dedent("""
 
 
 def _python(code: str, *args: str, **kw) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
+    env = clean_env()
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from conftest import REPO, free_port, run_cli
+from conftest import REPO, clean_env, free_port, run_cli
 from lakeloop.demo import scenario
 
 pytestmark = pytest.mark.slow
@@ -71,7 +70,7 @@ def test_apply_plan_list_describe_materialize(project, attach):
 
 
 def test_materialize_job_entrypoint_runs_incrementally(project, attach):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
+    env = clean_env()
     job = [sys.executable, str(REPO / "jobs" / "materialize.py"), "merchant_stats", "--definitions", DEFS]
     first = json.loads(subprocess.run(job, cwd=project, env=env, capture_output=True, text=True,
                                       check=True, timeout=300).stdout.strip().splitlines()[-1])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import BIN, clean_env, run_cli
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def transactions(ll):
 
 def _shell_env(head_env: dict) -> dict:
     """A user's shell: the venv on PATH, no Ray auth mode, no lakeloop settings."""
-    env = {k: v for k, v in head_env.items() if k != "RAY_AUTH_MODE" and not k.startswith("LAKELOOP_")}
+    env = clean_env(head_env, drop=("RAY_AUTH_MODE",))
     env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     return env
 

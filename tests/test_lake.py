@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 
@@ -163,3 +164,19 @@ def test_read_as_ray_dataset_at_a_version(ll, events, ray_session):
     assert sorted(r["id"] for r in ds.take_all()) == ["a", "b"]
     assert events.to_ray().count() == 3
     assert ll.lake.table("raw.events").to_ray(version=0).count() == 0
+
+
+
+def test_local_reads_go_through_arrows_own_filesystem_not_a_python_one(events):
+    """deltalake's default read filesystem is Python (PyFileSystem over its object-store client). Arrow's I/O
+    threads released it while the interpreter exited, and 10-50% of processes that had read a table aborted
+    at exit (-6, "terminate called without an active exception"; seen as `lakeloop monitor events` failing
+    after printing its answer). A race, so this checks the mechanism; the CLI tests run such processes."""
+    import pyarrow.fs as pafs
+
+    events.append(rows(["a", "b", "c"]))
+    fs = events._read_filesystem()
+    assert isinstance(fs, pafs.SubTreeFileSystem) and isinstance(fs.base_fs, pafs.LocalFileSystem)
+    assert fs.base_path.rstrip("/") == os.path.abspath(events._local_path())
+    assert len(events.to_pandas(filters=[("id", "in", ["a", "b"])])) == 2 and len(events.to_pandas(limit=1)) == 1
+    assert len(events.to_pandas(version=0)) == 0

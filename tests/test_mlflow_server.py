@@ -68,7 +68,10 @@ def scenario(server, ray_session, tmp_path_factory):
     out["rows"] = rows
     out["answer"] = post(ll.config.serve.port, "/v1/models/credit/predict", {"rows": rows})
     yield out
-    ll.serving.down()  # its apps, its actors, and Serve itself when it started it
+    ll.serving.down()  # its apps and actors; Serve's proxy keeps its port until Serve stops:
+    from ray import serve
+
+    serve.shutdown()  # so that a later module on this worker's Ray starts Serve on a port of its own
 
 
 def post(port: int, path: str, body: dict) -> tuple[int, dict]:

@@ -21,6 +21,8 @@ import pytest
 from lakeloop import platform_record
 from lakeloop.platform_record import PlatformRecord
 
+from conftest import clean_env
+
 # a process that connects to the lake, prints its view of the platform, then holds on until told to go
 HOLDER = """
 import json, os, sys, lakeloop
@@ -69,7 +71,7 @@ def test_the_record_is_private_and_a_dead_one_is_stale(tmp_path, monkeypatch):
 
 
 def _start(lake: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("LAKELOOP_")}
+    env = clean_env(drop=("RAY_ADDRESS",))
     log = open(lake.parent / f"holder-{time.monotonic_ns()}.log", "w+")  # not a pipe: Ray may log a lot
     return subprocess.Popen([sys.executable, "-c", HOLDER, str(lake)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=log, text=True, env=env)

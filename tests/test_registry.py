@@ -202,6 +202,31 @@ def test_gate_under_cpu_load_times_the_challenger_against_the_champion(ll):
     assert float(t["lakeloop.gate.latency_ratio"]) > 1.5 and t["lakeloop.gate.max_latency_ratio"] == "1.5"
 
 
+def test_gate_times_single_rows_on_one_native_thread_as_a_replica_runs_them():
+    """OpenMP/BLAS pools are held to one thread while the gate times (a Serve replica of under one CPU gets
+    OMP_NUM_THREADS=1); with more, HistGradientBoosting's barrier spin counted as the challenger's CPU time."""
+    from threadpoolctl import threadpool_info
+
+    from lakeloop.registry.gate import interleaved_p95_ms
+
+    class Probe:
+        def __init__(self):
+            self.threads: set[int] = set()
+
+        def predict(self, rows):
+            self.threads |= {pool["num_threads"] for pool in threadpool_info()}
+            return rows
+
+    import sklearn.ensemble  # noqa: F401 -- loads OpenMP, as a HistGradientBoosting model does
+
+    assert any(pool["num_threads"] > 1 for pool in threadpool_info()) or os.cpu_count() == 1
+    a, b = Probe(), Probe()
+    rows = pd.DataFrame({"x": [1.0, 2.0]})
+    out = interleaved_p95_ms([(a, rows), (b, rows)], 5)
+    assert a.threads == b.threads == {1} and all(o["cpu"] >= 0 and o["wall"] > 0 for o in out)
+    assert any(pool["num_threads"] > 1 for pool in threadpool_info()) or os.cpu_count() == 1  # restored after
+
+
 def test_gate_flags_a_schema_breaking_change(scenario):
     ll, v5 = scenario["ll"], scenario["v5"]
     t = tags(ll, v5.version)

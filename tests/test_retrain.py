@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import lakeloop
-from conftest import BIN, REPO, free_port, run_cli
+from conftest import BIN, REPO, free_port
 from lakeloop.automl.family import default_points, warm_points
 from lakeloop.errors import RetrainError
 from lakeloop.retrain import RetrainSpec, compare, two_proportion

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import pytest
 
 import lakeloop
 from lakeloop.errors import ConnectError, VersionNotFoundError
+
+from conftest import clean_env
 
 EVENTS = {"user_id": "string", "shop": "string", "amount": "float64", "event_time": "timestamp"}
 START = (pd.Timestamp.now(tz="UTC") - pd.Timedelta("12h")).floor("h")  # recent: inside the online ttl
@@ -189,7 +190,7 @@ for i in range(20):
 def test_two_processes_appending_20_times_each_lose_no_commit(ll, root, s3):
     """delta-rs commits with a conditional PUT (If-None-Match: *) on S3; a writer that loses the race retries."""
     table = ll.lake.create("raw.concurrent", {"writer": "string", "i": "int64"})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
+    env = clean_env()
     procs = [subprocess.Popen([sys.executable, "-c", _APPENDER, root, w], env=env, stderr=subprocess.PIPE, text=True)
              for w in ("a", "b")]
     for p in procs:

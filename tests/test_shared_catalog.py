@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import lakeloop
-from conftest import REPO, run_cli
+from conftest import REPO, clean_env, run_cli
 from lakeloop.errors import DefinitionError
 from lakeloop.features import Aggregation, Entity, Feature, FeatureView
 
@@ -78,8 +78,6 @@ def fresh_python(script: str, env: dict, cwd) -> dict:
 
 @pytest.mark.slow
 def test_apply_in_one_process_then_materialize_train_and_rebuild_in_fresh_ones(ll, ray_session, tmp_path):
-    import os
-
     name = write_project(tmp_path)
     project = load_project(tmp_path, name)
     ll.lake.create("raw.events", EVENTS).append(events(300, seed=1))
@@ -88,7 +86,7 @@ def test_apply_in_one_process_then_materialize_train_and_rebuild_in_fresh_ones(l
                                 "event_timestamp": [T0 + pd.Timedelta(minutes=50 * i) for i in range(8)]}))
     ll.features.apply(project.definitions)  # objects, as a notebook does: no module:attr is recorded
     assert ll.features.catalog.latest("sc_rows")["definitions_ref"] is None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKELOOP_")}
+    env = clean_env()
     env.update(LAKELOOP_LAKE_ROOT=ll.lake.root, RAY_AUTH_MODE="token",
                LAKELOOP_RAY_ADDRESS=ray_session.get_runtime_context().gcs_address,
                PYTHONPATH=str(tmp_path))  # the transform's module is deployed (importable); nobody imports it

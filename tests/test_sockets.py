@@ -66,6 +66,7 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
             return "ok"
 
     port = free_port()
+    serve.shutdown()  # a Serve left by an earlier module on this worker's Ray would keep its own port
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), online_port=free_port(), ray_namespace="socket-tests")
     try:
