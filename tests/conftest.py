@@ -138,7 +138,7 @@ def _module(nodeid: str) -> str:
 
 # the slow tests of these modules are `scale` (make test-scale): a 3-node cluster, the HAProxy ingress, the
 # champion rollout under load and a second run of the whole loop (the notebook; `make test` runs the loop as
-# `lakeloop demo --fast` and checks the notebook's committed outputs) cost ~15 minutes on 2 cores. The
+# `lakeloop demo --fast` and checks the notebook's committed outputs) cost ~10 minutes on 2 cores. The
 # PostgreSQL-backed `mlflow server` suite stays in `make test` (~75 s alone).
 SCALE_SUITES = ("test_cluster.py", "test_serving_fastpath.py", "test_serving_alias.py", "test_notebook.py")
 
