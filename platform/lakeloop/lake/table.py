@@ -140,8 +140,8 @@ class Table:
         file read calls back into Python. Besides the cost, Arrow's I/O threads can drop the last
         reference to that Python filesystem after the interpreter started to exit, and the process then
         aborts (``terminate called without an active exception``, exit -6; a CLI command after printing
-        its answer; 10-60% of runs here with pyarrow 25 and deltalake 1.6). An object-store lake keeps delta-rs's
-        client (one set of options and credentials for every operation); None selects it.
+        its answer; 10-60% of runs here with pyarrow 25 and deltalake 1.6). An object-store lake keeps
+        delta-rs's client (one set of options and credentials for every operation); None selects it.
         """
         local = self._local_path()
         if local is None:
