@@ -67,6 +67,15 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
+def utc_timestamp(value):
+    """``value`` (a datetime, ISO text or pandas Timestamp) as a pandas Timestamp in UTC; naive means UTC.
+    Unparseable input raises pandas' ValueError or TypeError; None stays NaT."""
+    import pandas as pd
+
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def parse_duration(value: str | timedelta | None, what: str = "duration") -> timedelta | None:
     """``"90s"``, ``"15m"``, ``"1h"``, ``"7d"``, ``"2w"`` or a timedelta."""
     if value is None or isinstance(value, timedelta):

@@ -737,15 +737,16 @@ def lookup(ll: "Lakeloop", name: str, entities, now=None) -> "pd.DataFrame":
     ``now``: the time each value's age is measured at against the view's ttl (default the clock)."""
     import pandas as pd
 
+    from lakeloop.features.definitions import utc_timestamp
+
     now_us = None
     if now is not None:
         try:
-            stamp = pd.Timestamp(now)
+            stamp = utc_timestamp(now)
         except (ValueError, TypeError) as exc:
             raise SchemaError(f"now must be a timestamp, got {_clip(now)}: {exc}") from None
         if stamp is pd.NaT:
             raise SchemaError("now must be a timestamp, got a missing value (NaT)")
-        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
         now_us = stamp.value // 1000
 
     table = reader(ll).table(name)

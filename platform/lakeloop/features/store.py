@@ -17,7 +17,7 @@ from lakeloop.errors import (
 )
 from lakeloop.features import materialize as mat
 from lakeloop.features.catalog import Catalog
-from lakeloop.features.definitions import FeatureView, check_transform, load_definitions
+from lakeloop.features.definitions import FeatureView, check_transform, load_definitions, utc_timestamp
 from lakeloop.features.frame import TrainingFrame
 from lakeloop.features.pit import KNOWN_AT, KNOWN_UNTIL, FeatureIndex
 from lakeloop.lake.schema import TableSchema
@@ -323,8 +323,7 @@ class FeatureStore:
         entity_df = entity_df.copy()
         entity_df[ts_col] = pd.to_datetime(entity_df[ts_col], utc=True)
         if since is not None:
-            cutoff = pd.Timestamp(since)
-            cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+            cutoff = utc_timestamp(since)
             entity_df = entity_df[entity_df[ts_col] >= cutoff].reset_index(drop=True)
             entity_lineage["since"] = cutoff.isoformat()
         query = pa.Table.from_pandas(entity_df, preserve_index=False)
