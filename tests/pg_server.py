@@ -86,24 +86,32 @@ def running_postgres(database: str = "mlflow", timeout: float = 60):
     """Start a private PostgreSQL on 127.0.0.1:<free port>; yield a :class:`PgServer`; stop it by PID.
 
     The data folder is made with :func:`tempfile.mkdtemp` (under a world-traversable temp root, so a
-    server running as ``nobody`` can reach it) and removed at the end.
+    server running as ``nobody`` can reach it) and removed at the end. As ``nobody``, the server also runs
+    from a copy of the wheel's binaries in that folder: the checkout (and its venv) may sit where only its
+    owner can enter, e.g. a clone into ``mktemp -d`` (mode 0700; initdb: "Permission denied").
     """
     as_user = _run_as()
     root = Path(tempfile.mkdtemp(prefix="lakeloop-pg-"))
     data = root / "data"
     data.mkdir()
+    bins = bin_dir()
     if as_user:
         os.chmod(root, 0o755)
         os.chown(data, as_user["user"], as_user["group"])
+        # the same layout: the binaries' RPATH is $ORIGIN/../../../pgserver.libs
+        site = bins.parent.parent.parent
+        for part in ("pgserver/pginstall", "pgserver.libs"):
+            shutil.copytree(site / part, root / "site" / part, symlinks=True)
+        bins = root / "site" / "pgserver" / "pginstall" / "bin"
     log = open(root / "postgres.log", "w")
     proc = None
     try:
-        subprocess.run([str(bin_dir() / "initdb"), "-D", str(data), "-U", USER, "--auth=trust",
+        subprocess.run([str(bins / "initdb"), "-D", str(data), "-U", USER, "--auth=trust",
                         "--encoding=utf8", "--no-sync"], check=True, stdout=log, stderr=subprocess.STDOUT,
                        timeout=120, **as_user)
         port = _free_port()
         proc = subprocess.Popen(
-            [str(bin_dir() / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+            [str(bins / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
              "-k", str(data), "-c", "fsync=off", "-c", "max_connections=50"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user)
         deadline = time.monotonic() + timeout
@@ -112,7 +120,7 @@ def running_postgres(database: str = "mlflow", timeout: float = 60):
                 raise RuntimeError(f"postgres did not start on 127.0.0.1:{port}; see {log.name}: "
                                    f"{Path(log.name).read_text()[-2000:]}")
             time.sleep(0.2)
-        subprocess.run([str(bin_dir() / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, database],
+        subprocess.run([str(bins / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, database],
                        check=True, stdout=log, stderr=subprocess.STDOUT, timeout=60)
         yield PgServer(uri=f"postgresql+psycopg2://{USER}@127.0.0.1:{port}/{database}", host="127.0.0.1", port=port,
                        database=database, pid=proc.pid, data_dir=data)
