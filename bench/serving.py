@@ -106,8 +106,8 @@ PLAIN_SERVE = textwrap.dedent('''
     sys.stdin.read()  # until the benchmark closes our stdin
     node = ray.get_runtime_context().get_node_id()
     serve.shutdown()
-    from lakeloop.serving.service import haproxy_processes, stop_processes
-    stop_processes(haproxy_processes(node))  # a haproxy can outlive Serve: by PID
+    from lakeloop.serving.service import stop_node_haproxies
+    stop_node_haproxies(node)  # a haproxy can outlive Serve: by PID
     ray.shutdown()
 ''')
 

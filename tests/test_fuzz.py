@@ -51,7 +51,10 @@ def send(port: int, method: str, path: str, body=None, headers=None, content_typ
                     conn.send(b"%x\r\n%s\r\n" % (len(part), part))
                 conn.send(b"0\r\n\r\n")
             else:
-                conn.send(data)
+                try:
+                    conn.send(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # answered (413) and closed before the whole body was sent: the answer is still there
         r = conn.getresponse()
         return r.status, r.read(), dict(r.getheaders())
     finally:

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -15,9 +16,11 @@ import pytest
 import lakeloop
 import serving_models
 from conftest import free_port
+from test_sockets import is_loopback, listening as tree_listening
 from lakeloop.errors import ConfigError, ServiceUnavailableError
 from lakeloop.serving.deployments import predict_grouped
-from lakeloop.serving.service import HAPROXY_WRAPPER, check_modes, haproxy_processes, stop_processes
+from lakeloop.serving.service import (HAPROXY_DRAIN_S, HAPROXY_WRAPPER, check_modes, haproxy_processes,
+                                      stop_node_haproxies, stop_processes)
 
 ROW = {"amount": 150.0, "country": "US"}
 
@@ -145,6 +148,34 @@ def call(port: int, method: str, path: str, body=None) -> tuple[int, dict]:
     return status, json.loads(raw)
 
 
+RELOADER = """
+import signal, subprocess, sys, time
+def reload(*_):  # as Serve reloads haproxy: a new process (-sf) takes over while this one goes
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", sys.argv[1]], start_new_session=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, reload)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_stopping_a_nodes_haproxies_catches_one_started_as_a_reload_meanwhile(tmp_path):
+    cfg = str(tmp_path / "reload0node" / "haproxy.cfg.loopback")  # what haproxy_processes looks for
+    first = subprocess.Popen([sys.executable, "-c", RELOADER, cfg], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "ready"
+        found = haproxy_processes("reload0node")
+        assert [p.pid for p in found] == [first.pid]
+        stopped = stop_node_haproxies("reload0node")
+        assert first.pid in stopped and len(stopped) == 2, stopped  # the one it started on SIGTERM too
+        assert haproxy_processes("reload0node") == []
+    finally:
+        for p in haproxy_processes("reload0node"):
+            p.kill()
+        first.kill()
+        first.wait()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_haproxy(tmp_path, ray_session):
@@ -164,6 +195,9 @@ def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_ha
         bound = set().union(*(listening(p) for p in haproxies))
         assert len(bound) >= 3 and {ip for ip, _ in bound} == {"127.0.0.1"}, bound  # frontend, stats, metrics
         assert ("127.0.0.1", port) in bound
+        ingress = [p for p in psutil.Process().children(recursive=True) if "lakeloop:Ingress" in " ".join(p.cmdline())]
+        assert ingress and all(p.environ().get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S") == str(HAPROXY_DRAIN_S)
+                               for p in ingress)  # a stopping replica drains seconds, not Ray's 30 s
         ll.serving.deploy("fraud", v1)
         ll.serving.deploy("fraud", v2, weight=10)
         ll.serving.deploy("fraud", v3, shadow=True)
@@ -190,6 +224,9 @@ def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_ha
         assert all(listed["versions"][str(v)]["in_process"] for v in (v1, v2, v3))
         assert listed["versions"][str(v3)]["shadow_stats"]["requests"] >= 1
         assert listed["traffic"] == {str(v1): 90.0, str(v2): 10.0, str(v3): 0.0}
+        # the replicas' own HTTP servers (HAProxy sends to them directly) bind serve.host too, as all of Ray does
+        wide = [s for s in tree_listening(os.getpid()) if not is_loopback(s[2])]
+        assert not wide, wide
     finally:
         result = ll.serving.down()
     assert not [p for p in haproxies if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], result

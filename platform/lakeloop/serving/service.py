@@ -20,6 +20,11 @@ INGRESS_APP = "lakeloop"
 MODES = ("fast", "isolated")
 INGRESSES = ("haproxy", "proxy")
 HAPROXY_WRAPPER = Path(__file__).with_name("haproxy_loopback.sh")
+# behind HAProxy, Serve holds a stopping ingress replica open this long so the load balancer can drop it
+# (Ray's default, 30 s, is sized for cloud load balancers; each app's stop took ~31 s, `serve up`'s Ctrl-C
+# 63 s). Our haproxy runs on the head and is reloaded within a second of the change; after the window, a
+# connection the replica refuses is retried on another one (the template's `retry-on` and `redispatch`)
+HAPROXY_DRAIN_S = 3
 
 
 def _free_port(host: str) -> int:
@@ -46,6 +51,12 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
             # an old haproxy drains idle keep-alive connections until this (Ray's default 120 s made a
             # shutdown take over 2 minutes); requests in flight finish well within it
             "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "20",
+            # Ray's default log target, 127.0.0.1:514 (UDP syslog), made haproxy bind a UDP socket per thread
+            # on every interface and send a datagram per request to a port where nothing listens; every
+            # prediction is in the inference log already. An operator with a syslog sets this variable.
+            "RAY_SERVE_HAPROXY_LOG_TARGET": os.environ.get("RAY_SERVE_HAPROXY_LOG_TARGET", "/dev/null"),
+            # read by the replicas too (they inherit the controller's runtime_env)
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(HAPROXY_DRAIN_S),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port(host)),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(host)),
             **({} if max_body is None else {"HAPROXY_LOOPBACK_MAX_BODY": str(int(max_body))})}
@@ -81,6 +92,18 @@ def stop_processes(procs: list, timeout_s: float = 10) -> list[int]:
             pass
     psutil.wait_procs(left, timeout=timeout_s)
     return [p.pid for p in alive]
+
+
+def stop_node_haproxies(node_id: str, rounds: int = 3) -> list[int]:
+    """Stop every haproxy of the node, looking again after each stop: one that Serve started as a
+    reload (``-sf``) while the others stopped is caught by the next look. Returns the PIDs stopped."""
+    stopped: list[int] = []
+    for _ in range(rounds):
+        found = haproxy_processes(node_id)
+        if not found:
+            break
+        stopped += stop_processes(found)
+    return stopped
 
 
 def spread_options(replicas: int) -> dict:
@@ -257,7 +280,7 @@ class Serving:
             serve.shutdown()
             self.started_serve = False
             if self.node_id:
-                stopped = stop_processes(haproxy_processes(self.node_id))
+                stopped = stop_node_haproxies(self.node_id)
         return {"apps_removed": removed, "log_flushed": flushed, "haproxy_stopped": stopped}
 
     # -- changes (through the controller) ------------------------------------------------
