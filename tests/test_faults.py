@@ -17,6 +17,7 @@ import pytest
 import lakeloop
 from conftest import REPO, free_port
 from lakeloop.serving.logbook import FEEDBACK, INFERENCE, LogBacklogError, Logbook
+from lakeloop.serving.service import stop_node_haproxies
 
 sys.path.insert(0, str(REPO / "bench"))
 import faults  # noqa: E402 - bench/faults.py: the load loop, the kills and the log check
@@ -99,6 +100,7 @@ def fault_run(tmp_path_factory, ray_session):
         result = faults.run_faults(ll, "fraud", version, ROW, threads=4, settle_s=2.0, after_s=2.0)
     finally:
         serve.shutdown()
+        stop_node_haproxies(ll.serving.node_id)  # a haproxy can outlive Serve
     return result
 
 

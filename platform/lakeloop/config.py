@@ -75,10 +75,10 @@ class ServeConfig:
     # "fast": each ingress replica loads the live versions and answers without a hop (isolation by several
     # ingress replicas); "isolated": each version in its own deployment, one Ray hop per request
     mode: str = "fast"
-    # "proxy": Ray Serve's Python proxy; "haproxy": Serve's HAProxy ingress (stats/metrics listeners rewritten to
-    # loopback), opt-in: a body that never comes with a huge Content-Length hangs there instead of a 413, and
-    # `serve up` can take over 90 s to stop. Applies when lakeloop starts Serve in its Ray.
-    ingress: str = "proxy"
+    # "haproxy": Serve's HAProxy ingress (its stats/metrics listeners rewritten to loopback, a declared body over
+    # max_bytes answered 413 before it is read), about 3x the Python proxy's requests/s here; "proxy": Ray Serve's
+    # Python proxy. Applies when lakeloop starts Serve in its Ray (a running Serve keeps its own).
+    ingress: str = "haproxy"
 
 
 @dataclass(frozen=True)
