@@ -59,8 +59,10 @@ wrk.body = [[%s]]
 done = function(summary, latency, requests)
   local errors = summary.errors.status + summary.errors.connect + summary.errors.read
                  + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT %%d %%f %%f %%f %%d\\n", summary.requests,
-    summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors))
+  io.write(string.format("RESULT %%d %%f %%f %%f %%d %%d %%d %%d %%d %%d\\n", summary.requests,
+    summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors,
+    summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout,
+    summary.errors.status))
 end
 """
 
@@ -176,13 +178,14 @@ def run_wrk(url: str, body: dict, concurrency: int, seconds: float) -> dict:
                               "-s", script, url], capture_output=True, text=True, timeout=seconds + 60)
     finally:
         os.unlink(script)
-    m = re.search(r"RESULT (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\d+)", out.stdout)
+    m = re.search(r"RESULT (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out.stdout)
     if not m:
         raise RuntimeError(f"wrk gave no result: {out.stdout}\n{out.stderr}")
-    n, dur, p50, p99, errors = m.groups()
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    n, dur, p50, p99, errors, *kinds = m.groups()
+    # errors.status is wrk's "Non-2xx or 3xx responses" (status > 399), already in `errors`: counted once
+    kinds = dict(zip(("connect", "read", "write", "timeout", "http_4xx_5xx"), map(int, kinds)))
     return {"requests": int(n), "duration_s": float(dur), "p50_ms": float(p50), "p99_ms": float(p99),
-            "errors": int(errors) + (int(non2xx.group(1)) if non2xx else 0)}
+            "errors": int(errors), "error_kinds": {k: v for k, v in kinds.items() if v}}
 
 
 def run_python(url: str, body: dict, concurrency: int, seconds: float) -> dict:
@@ -239,7 +242,9 @@ def combine(rounds: list[dict]) -> dict:
     n = sum(r["requests"] for r in rounds)
     return {"rps": round(n / sum(r["duration_s"] for r in rounds), 1), "requests": n,
             "p50_ms": round(statistics.median(r["p50_ms"] for r in rounds), 2),
-            "p99_ms": round(max(r["p99_ms"] for r in rounds), 2), "errors": sum(r["errors"] for r in rounds)}
+            "p99_ms": round(max(r["p99_ms"] for r in rounds), 2), "errors": sum(r["errors"] for r in rounds),
+            "error_kinds": {k: sum(r.get("error_kinds", {}).get(k, 0) for r in rounds)
+                            for k in sorted({k for r in rounds for k in r.get("error_kinds", {})})}}
 
 
 # -- servers -----------------------------------------------------------------------------

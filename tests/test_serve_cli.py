@@ -47,7 +47,8 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None
     raise AssertionError(f"{url} never became healthy")
 
 
-def stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 90) -> int:
+def stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 180) -> int:
+    """Signal it and wait; the timeout finds a hang (a loaded CI box once took over 90 s to stop Serve)."""
     proc.send_signal(sig)
     try:
         return proc.wait(timeout=timeout)

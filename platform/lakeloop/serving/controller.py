@@ -333,14 +333,14 @@ class ServingController:
         serve.delete(app_name(model, int(version)))
         return result
 
-    def undeploy_all(self) -> list[str]:
+    def undeploy_all(self, wait: bool = True) -> list[str]:
         from ray.serve.context import _get_global_client  # serve.delete takes one app; Serve's client many
 
         from lakeloop.serving.deployments import app_name
 
         names = [app_name(m, int(v)) for m, info in self.state["models"].items() for v in info["versions"]]
         if names:  # together: each app's replicas drain for a while, and one after another that added up
-            _get_global_client().delete_apps(names, blocking=True)
+            _get_global_client().delete_apps(names, blocking=wait)
         return names
 
     def _served(self, model: str) -> dict:
