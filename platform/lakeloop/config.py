@@ -75,10 +75,11 @@ class ServeConfig:
     # "fast": each ingress replica loads the live versions and answers without a hop (isolation by several
     # ingress replicas); "isolated": each version in its own deployment, one Ray hop per request
     mode: str = "fast"
-    # "haproxy": Serve's HAProxy ingress (its stats/metrics listeners rewritten to loopback, a declared body over
-    # max_bytes answered 413 before it is read), about 3x the Python proxy's requests/s here; "proxy": Ray Serve's
-    # Python proxy. Applies when lakeloop starts Serve in its Ray (a running Serve keeps its own).
-    ingress: str = "haproxy"
+    # "proxy": Ray Serve's Python proxy; "haproxy": Serve's HAProxy ingress (its stats/metrics listeners rewritten
+    # to loopback, a declared body over max_bytes answered 413 before it is read), several times the proxy's
+    # requests/s here, opt-in: in a loaded `make test`, Ctrl-C of `serve up` behind it twice took over 90 s
+    # (not reproduced alone). Applies when lakeloop starts Serve in its Ray (a running Serve keeps its own).
+    ingress: str = "proxy"
 
 
 @dataclass(frozen=True)

@@ -163,11 +163,25 @@ def interleaved_p95_ms(models: list, n: int) -> list[dict[str, float]]:
     the calling thread at OpenMP's barrier while its peer threads wait for a
     core: on a loaded machine that counted 148 ms of CPU against 20 ms for a
     linear champion, a difference serving never sees.
+
+    Python's garbage collector is off while timing, as ``timeit`` does: a
+    collection of a big process's heap can land on a few of one model's calls
+    and move its p95 (suspected where a challenger 40 ms slower per row passed
+    in a loaded test run).
     """
+    import gc
+
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1):
-        return _interleaved_p95_ms(models, n)
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with threadpool_limits(limits=1):
+            return _interleaved_p95_ms(models, n)
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _interleaved_p95_ms(models: list, n: int) -> list[dict[str, float]]:

