@@ -334,13 +334,18 @@ class ServingController:
         return result
 
     def undeploy_all(self, wait: bool = True) -> list[str]:
+        from ray import serve
         from ray.serve.context import _get_global_client  # serve.delete takes one app; Serve's client many
 
         from lakeloop.serving.deployments import app_name
 
         names = [app_name(m, int(v)) for m, info in self.state["models"].items() for v in info["versions"]]
-        if names:  # together: each app's replicas drain for a while, and one after another that added up
-            _get_global_client().delete_apps(names, blocking=wait)
+        if not wait:  # Serve stops next and waits for them: all at once, without waiting here
+            if names:
+                _get_global_client().delete_apps(names, blocking=False)
+            return names
+        for name in names:
+            serve.delete(name)
         return names
 
     def _served(self, model: str) -> dict:
