@@ -289,8 +289,8 @@ class Serving:
 
         controller = self._controller(create=True)
         serve.delete(INGRESS_APP)  # first: requests in flight finish, shadow answers reach the writer
-        # the versions' apps log nothing; when Serve stops too, they drain while the writer flushes and
-        # serve.shutdown() waits for them (waiting here as well made a loaded Ctrl-C take over 90 s)
+        # the versions' apps log nothing; when Serve stops too, they drain (3 s each behind haproxy) while the
+        # writer flushes, and serve.shutdown() waits for them: one wait, not one per app and then Serve's
         removed = ray.get(controller.undeploy_all.remote(wait=not self.started_serve))
         flushed = logbook.stop_writer(self.ll)
         ray.kill(controller, no_restart=True)
