@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 ROW = {"amount": 150.0, "country": "US"}
 
 
-def output(proc: subprocess.Popen, chars: int = 3000) -> str:
+def output(proc: subprocess.Popen, chars: int = 8000) -> str:
     """The end of what a process started by :func:`start` printed (stdout and stderr, in a file: a pipe nobody
     reads fills up, and a process blocked writing its shutdown logs to it never exits)."""
     return Path(proc.log_path).read_text(errors="replace")[-chars:]
@@ -47,12 +47,21 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None
     raise AssertionError(f"{url} never became healthy")
 
 
-def stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 180) -> int:
-    """Signal it and wait; the timeout finds a hang (a loaded CI box once took over 90 s to stop Serve)."""
+def stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 150) -> int:
+    """Signal it and wait; the timeout finds a hang (loaded test runs have taken over 90 s to stop). A process
+    that does not stop in time gets its Python stacks (py-spy) written to its log before it is killed."""
     proc.send_signal(sig)
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        try:
+            spy = subprocess.run([str(BIN / "py-spy"), "dump", "--pid", str(proc.pid)], capture_output=True,
+                                 text=True, timeout=60)
+            stacks = spy.stdout + spy.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:  # py-spy comes with ray[default]; say if it failed
+            stacks = f"(no py-spy dump: {exc})"
+        with open(proc.log_path, "a") as log:
+            log.write(f"\n--- still running {timeout} s after signal {int(sig)}; py-spy dump:\n{stacks}")
         proc.kill()
         return proc.wait(timeout=30)
 
