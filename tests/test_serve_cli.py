@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,10 +28,17 @@ def output(proc: subprocess.Popen, chars: int = 8000) -> str:
     return Path(proc.log_path).read_text(errors="replace")[-chars:]
 
 
+# SIGINT back to its default, then exec the command (same PID): an xdist worker ignores SIGINT, its children
+# inherit that, and Python then installs no KeyboardInterrupt handler, so the test's Ctrl-C did nothing and
+# the stop waited out its timeout (seen as `serve run` idle in wait_for_interrupt after the signal)
+SIGINT_DEFAULT = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+
+
 def start(argv: list[str], tmp_path: Path, **kwargs) -> subprocess.Popen:
     log_path = tmp_path / f"{Path(argv[0]).name}-{len(list(tmp_path.glob('*.log')))}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True, **kwargs)
+        proc = subprocess.Popen([sys.executable, "-c", SIGINT_DEFAULT, *argv], cwd=tmp_path, stdout=log,
+                                stderr=subprocess.STDOUT, text=True, **kwargs)
     proc.log_path = log_path
     return proc
 
