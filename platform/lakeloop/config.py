@@ -77,8 +77,8 @@ class ServeConfig:
     mode: str = "fast"
     # "proxy": Ray Serve's Python proxy; "haproxy": Serve's HAProxy ingress (its stats/metrics listeners rewritten
     # to loopback, a declared body over max_bytes answered 413 before it is read), several times the proxy's
-    # requests/s here, opt-in until a slow Ctrl-C of the CLI's `serve up` in loaded test runs (seen behind both
-    # ingresses) is understood. Applies when lakeloop starts Serve in its Ray (a running Serve keeps its own).
+    # requests/s here; opt-in until a full test run passes with it as the default. Applies when lakeloop starts
+    # Serve in its Ray (a running Serve keeps its own).
     ingress: str = "proxy"
 
 
