@@ -239,13 +239,12 @@ class Serving:
         logbook.writer(self.ll)
         if not _serve_running():
             options = None
-            if cfg.serve.ingress == "haproxy" and haproxy_binary() is None:
-                logging.getLogger("lakeloop.serving").warning(
-                    "serve.ingress is haproxy, but no haproxy binary is installed here (Ray's serve extra ships one "
-                    "for Linux only): serving behind Serve's Python proxy; set serve.ingress: proxy to say so")
-            elif cfg.serve.ingress == "haproxy":
-                options = {"runtime_env": {"env_vars": haproxy_env(cfg.serve.host, cfg.serve.max_bytes)}}
-                self.started_serve = True  # with its haproxy: down() stops both
+            if cfg.serve.ingress == "haproxy":
+                try:
+                    options = {"runtime_env": {"env_vars": haproxy_env(cfg.serve.host, cfg.serve.max_bytes)}}
+                    self.started_serve = True  # with its haproxy: down() stops both
+                except ConfigError as exc:  # no haproxy binary here (Ray's serve extra ships one for Linux only)
+                    logging.getLogger("lakeloop.serving").warning("%s; serving behind Serve's Python proxy", exc)
             serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, controller_options=options,
                         proxy_location=proxy_location(cfg.serve.host))
         else:  # a Serve already running in this Ray keeps its ingress (set when it started)
