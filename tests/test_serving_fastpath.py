@@ -208,6 +208,7 @@ def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_ha
         ingress = [p for p in psutil.Process().children(recursive=True) if "lakeloop:Ingress" in " ".join(p.cmdline())]
         assert ingress and all(p.environ().get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S") == str(HAPROXY_DRAIN_S)
                                for p in ingress)  # a stopping replica drains seconds, not Ray's 30 s
+        assert all(p.environ().get("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD") == "0" for p in ingress)
         ll.serving.deploy("fraud", v1)
         ll.serving.deploy("fraud", v2, weight=10)
         ll.serving.deploy("fraud", v3, shadow=True)
@@ -256,6 +257,8 @@ def test_isolated_mode_behind_the_python_proxy_still_answers_from_the_versions_d
     ll.serving.up()
     try:
         assert haproxy_processes(ll.serving.node_id) == []
+        replicas = [p for p in psutil.Process().children(recursive=True) if "ServeReplica:lakeloop" in " ".join(p.cmdline())]
+        assert replicas and all(p.environ().get("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD") == "0" for p in replicas)
         ll.serving.deploy("fraud", v1)
         status, answer = call(port, "POST", "/v1/models/fraud/predict", {"rows": [ROW]})
         assert status == 200 and answer["version"] == v1 and answer["predictions"][0]["prediction"] == 1

@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 
 from conftest import BIN, free_port
+from lakeloop.serving.service import serve_env, stop_node_haproxies
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +68,11 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
 
     port = free_port()
     serve.shutdown()  # a Serve left by an earlier module on this worker's Ray would keep its own port
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), online_port=free_port(), ray_namespace="socket-tests")
+    assert ll.config.serve.ingress == "haproxy"  # the default, started as ll.serving.up starts it
+    node = ray_session.get_runtime_context().get_node_id()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                controller_options={"runtime_env": {"env_vars": serve_env(ll.config)}})
     try:
         serve.run(Echo.bind(), name="socket-echo", route_prefix="/echo")
         deadline = time.monotonic() + 120
@@ -85,10 +89,11 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
     finally:
         online.stop(ll)
         serve.shutdown()
+        stop_node_haproxies(node)
         ray_session.kill(worker)
     ports = {p for _, _, _, p in found}
     assert port in ports and ll.config.online.port in ports, "the Serve proxy and the online store were listed"
-    assert len(found) >= 8, found  # GCS, raylet (2), agents, workers, proxy, replica, online store
+    assert len(found) >= 8, found  # GCS, raylet (2), agents, workers, haproxy (3), replica, online store
     wide = [s for s in found if not is_loopback(s[2])]
     assert not wide, f"sockets beyond loopback: {wide}"
 
