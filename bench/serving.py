@@ -22,7 +22,8 @@ worst round's), errors (non-2xx and socket errors). Servers:
 
 Also the start: ``lakeloop serve up -m bench`` and ``mlflow models serve`` are
 started side by side, and the time to each one's first 200 is printed.
-Prints a table, the ratios, the load average before and after, and JSON.
+Prints a table, the first error answer of any point that had errors (status and
+body, from wrk), the ratios, the load average before and after, and JSON.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ WRK_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [[%s]]
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+first_error = ""
+response = function(status, headers, body)
+  if status > 399 and first_error == "" then first_error = status .. " " .. string.sub(body, 1, 300) end
+end
 done = function(summary, latency, requests)
   local errors = summary.errors.status + summary.errors.connect + summary.errors.read
                  + summary.errors.write + summary.errors.timeout
@@ -63,6 +70,10 @@ done = function(summary, latency, requests)
     summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors,
     summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout,
     summary.errors.status))
+  for _, t in ipairs(threads) do
+    local e = t:get("first_error")
+    if e ~= nil and e ~= "" then io.write("FIRST_ERROR " .. string.gsub(e, "\\n", " ") .. "\\n") break end
+  end
 end
 """
 
@@ -184,8 +195,10 @@ def run_wrk(url: str, body: dict, concurrency: int, seconds: float) -> dict:
     n, dur, p50, p99, errors, *kinds = m.groups()
     # errors.status is wrk's "Non-2xx or 3xx responses" (status > 399), already in `errors`: counted once
     kinds = dict(zip(("connect", "read", "write", "timeout", "http_4xx_5xx"), map(int, kinds)))
+    first = re.search(r"^FIRST_ERROR (.*)$", out.stdout, re.M)  # the first 4xx/5xx answer: status and body
     return {"requests": int(n), "duration_s": float(dur), "p50_ms": float(p50), "p99_ms": float(p99),
-            "errors": int(errors), "error_kinds": {k: v for k, v in kinds.items() if v}}
+            "errors": int(errors), "error_kinds": {k: v for k, v in kinds.items() if v},
+            **({"first_error": first.group(1)[:300]} if first else {})}
 
 
 def run_python(url: str, body: dict, concurrency: int, seconds: float) -> dict:
@@ -244,7 +257,8 @@ def combine(rounds: list[dict]) -> dict:
             "p50_ms": round(statistics.median(r["p50_ms"] for r in rounds), 2),
             "p99_ms": round(max(r["p99_ms"] for r in rounds), 2), "errors": sum(r["errors"] for r in rounds),
             "error_kinds": {k: sum(r.get("error_kinds", {}).get(k, 0) for r in rounds)
-                            for k in sorted({k for r in rounds for k in r.get("error_kinds", {})})}}
+                            for k in sorted({k for r in rounds for k in r.get("error_kinds", {})})},
+            **next(({"first_error": r["first_error"]} for r in rounds if r.get("first_error")), {})}
 
 
 # -- servers -----------------------------------------------------------------------------
@@ -454,6 +468,11 @@ def report(r: dict, levels: list[int]) -> None:
                 continue
             x = r["points"][s][f"c{c}"]
             print(f"{s:<22}{c:>4}{x['rps']:>10}{x['p50_ms']:>10}{x['p99_ms']:>10}{x['errors']:>8}")
+    for s in SERVERS:
+        for c in levels:
+            first = r["points"].get(s, {}).get(f"c{c}", {}).get("first_error")
+            if first:
+                print(f"{s} c={c}: first error answer: {first}")
     for c in levels:
         print(f"c={c}: " + ", ".join(f"{k.replace('_vs_', '/')} {v}x" for k, v in r["ratios"][f"c{c}"].items()))
 
