@@ -16,7 +16,7 @@ import pytest
 
 import lakeloop
 from conftest import REPO, free_port
-from lakeloop.serving.logbook import FEEDBACK, INFERENCE, LogBacklogError, Logbook
+from lakeloop.serving.logbook import FEEDBACK, INFERENCE, LogBacklogError, Logbook, wal_root
 from lakeloop.serving.service import stop_node_haproxies
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -101,6 +101,8 @@ def fault_run(tmp_path_factory, ray_session):
     finally:
         serve.shutdown()
         stop_node_haproxies(ll.serving.node_id)  # a haproxy can outlive Serve
+    spools = wal_root(ll) / "spool"  # the killed ingress replica's spool was adopted and shipped
+    result["spools_left"] = sorted(p.name for p in spools.iterdir() if p.is_dir()) if spools.is_dir() else []
     return result
 
 
@@ -111,6 +113,7 @@ def test_every_answer_2xx_is_in_the_log_exactly_once_after_each_kill(fault_run):
     assert log["predictions_answered_2xx"] > 50 and log["feedback_answered_2xx"] > 50, fault_run
     assert (log["predictions_lost"], log["inference_duplicates"]) == (0, 0), log
     assert (log["feedback_lost"], log["feedback_duplicates"]) == (0, 0), log
+    assert fault_run["spools_left"] == [], "every ingress spool, the killed replica's too, was shipped and removed"
 
 
 @pytest.mark.slow

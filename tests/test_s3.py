@@ -153,8 +153,13 @@ def test_inference_log_commits_through_its_wal_and_the_monitor_reads_it_from_s3(
     assert not str(wal_root(ll)).startswith("s3:")                     # the WAL is on the writer node's disk
     try:
         shipper = LogShipper(ll)                                         # the ingress side: the real writer actor
-        asyncio.run(shipper.log(INFERENCE, _records(100, version=1, seed=1)))
-        assert shipper.sent == 1
+
+        async def log_and_stop():
+            await shipper.log(INFERENCE, _records(100, version=1, seed=1))  # spooled on this node's disk
+            await shipper.drain()                                            # shipped to the writer
+
+        asyncio.run(log_and_stop())
+        assert shipper.sent == 1 and not shipper.spool.folder.exists()
         assert stop_writer(ll)[INFERENCE] == 100                          # flushed to Delta on s3 as it stops
         book = Logbook(ll.config.to_dict(), autoflush=False)             # in process: same WAL, same table
         assert book.log(_records(100, version=1, shift=1.0, seed=2)) == 100

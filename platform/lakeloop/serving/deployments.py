@@ -183,7 +183,7 @@ class Ingress:
         self.admin_token = admin_token
         self.limits = Limits(max_rows=config["serve"]["max_rows"], max_bytes=config["serve"]["max_bytes"])
         self.feedback_token = self.ll.config.serve.feedback_token  # None: feedback needs no token
-        self.logbook = logbook.LogShipper(self.ll)  # answers wait until their log records are durable
+        self.logbook = logbook.LogShipper(self.ll)  # answers wait until their log records are spooled (fsync'd)
         self.feedback_book = fb.FeedbackBook(self.ll, getattr(self.ll.config.serve, "feedback_window_s", fb.WINDOW_S),
                                              recent=self.logbook.recent)
         self.state_version = -1
@@ -213,6 +213,7 @@ class Ingress:
     # -- state -------------------------------------------------------------------
     async def _ensure_state(self):
         if self._poller is None:
+            self.logbook.start()  # ships this replica's spool and adopts those of replicas that died here
             await self._refresh()
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
@@ -228,11 +229,12 @@ class Ingress:
     async def __del__(self):
         """Graceful shutdown (Serve awaits this): shadow calls finish and their records reach the writer.
 
-        Answered requests need nothing here: each waited for its records to be durable.
+        Answered requests need nothing more: each waited for its records to be in this replica's spool;
+        what the spool holds is shipped to the writer here (or adopted by another replica if this fails).
         """
         if self._background:
             await asyncio.wait(set(self._background), timeout=SHADOW_TIMEOUT_S)
-        await self.logbook.drain()
+        await self.logbook.drain(timeout_s=8.0)  # within Serve's graceful_shutdown_timeout_s with the wait above
 
     async def _refresh(self):
         import ray
@@ -345,11 +347,12 @@ class Ingress:
         return rows
 
     async def _log_durable(self, table: str, records: list[dict]) -> None:
-        """Hand records to the log writer; returns once they are on its disk.
+        """Spool records for the log writer; returns once they are on this node's disk (fsync'd).
 
         Answer 2xx only after this returns: it raises :class:`ServiceUnavailableError` (answer 503 with
-        ``Retry-After``) when the writer stays unreachable or its backlog is full. Concurrent calls
-        share one trip to the writer (group commit).
+        ``Retry-After``) when the spool is full (the writer unreachable or pushing back for a while) or
+        cannot be written. Concurrent calls share one write (group commit); a background task ships the
+        spool to the writer (:class:`~lakeloop.serving.logbook.LogShipper`).
         """
         await self.logbook.log(table, records)
 

@@ -222,6 +222,11 @@ class FeedbackBook:
             if found is None:
                 async with self._lookups:  # made-up ids cost a scan each: never more than LOOKUPS threads
                     found = await asyncio.to_thread(self._from_logs, request_id)
+            if found is None and unreachable is None:  # answered by another replica a moment ago, its records
+                try:                                    # still on their way from its spool: ask once more
+                    found = await self._from_writer(request_id)
+                except ServiceUnavailableError as exc:
+                    unreachable = exc
             if found is None and unreachable is not None:
                 raise unreachable  # 503: not known yet, but maybe served; never a 404 for a served request
             entry = self.index.get(request_id) or found  # another label may have filled it meanwhile

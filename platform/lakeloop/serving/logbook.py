@@ -1,10 +1,13 @@
 """The inference log: every prediction to ``logs.inference``, every label to ``logs.feedback``.
 
 Exactly once, through any single process kill. An ingress replica answers a
-prediction or a label 2xx only after the writer actor has acknowledged its
-records, and the writer acknowledges a batch only once it is in its
-write-ahead log on disk (:mod:`lakeloop.serving.wal`, fsync'd). Concurrent
-requests share one acknowledgement (group commit, :class:`LogShipper`).
+prediction or a label 2xx only after its records are in the replica's spool
+on the node's disk (:mod:`lakeloop.serving.spool`, fsync'd); a background
+task ships the spool to the writer actor, which acknowledges a batch only once
+it is in its own write-ahead log on disk (:mod:`lakeloop.serving.wal`,
+fsync'd). Concurrent requests share one spool write (group commit,
+:class:`LogShipper`). The spool of a replica that dies is shipped by another
+ingress replica of the lake on that node (a sibling, or its replacement).
 
 The writer seals the active segment every ``flush_s`` seconds or
 ``flush_rows`` rows and appends sealed segments to Delta in one commit per
@@ -12,24 +15,28 @@ table, carrying the segment number as a Delta app transaction
 (``lakeloop.logbook/<table>``): a writer that restarts after the commit but
 before it forgot the segment sees the number in the table and does not write
 it again. Each batch has an id; a batch sent again because its
-acknowledgement was lost is recognised and written once.
+acknowledgement was lost, or from an adopted spool, is recognised and
+written once (the writer remembers the last ``KNOWN_BATCHES`` ids, and the
+ids of the segments it keeps for ``RETAIN_S`` after their commit across a
+restart of its own).
 
 Memory and disk are bounded: an ingress holds at most ``MAX_WAITING_ROWS``
-rows waiting for the writer and the writer at most ``max_backlog_rows`` rows
-not yet in Delta; beyond that, and when the writer stays unreachable for
-``ACK_TIMEOUT_S``, requests are answered 503 with ``Retry-After`` (nothing
-answered 2xx is then owed to the log).
+rows spooled and not yet acknowledged, and the writer at most
+``max_backlog_rows`` rows not yet in Delta (beyond that it pushes back, and
+the spools fill); beyond that, requests are answered 503 with ``Retry-After``
+(nothing answered 2xx is then owed to the log).
 
-The write-ahead log lives in ``<lake>/_wal/<table>/``; for a remote lake
-(``s3://`` ...) it lives on the local disk of the writer's node
-(``~/.cache/lakeloop/wal/<lake hash>``), so there it survives a process kill
-but not the loss of that node.
+The write-ahead log lives in ``<lake>/_wal/<table>/`` and the spools in
+``<lake>/_wal/spool/``; for a remote lake (``s3://`` ...) both live on the
+local disk of their node (``~/.cache/lakeloop/wal/<lake hash>``), so there
+they survive a process kill but not the loss of that node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 import uuid
@@ -53,8 +60,11 @@ INFERENCE_COLUMNS = {
 FEEDBACK_COLUMNS = {"request_id": {"type": "string", "required": True}, "row": "int64",
                     "label": "string", "time": "timestamp"}
 APP_ID = "lakeloop.logbook/{table}"  # Delta app transaction id: the last segment committed
-MAX_WAITING_ROWS = 20_000  # per ingress replica, waiting for the writer's acknowledgement
-ACK_TIMEOUT_S = 10.0  # how long an ingress retries a dead or restarting writer before answering 503
+MAX_WAITING_ROWS = 20_000  # per ingress replica, spooled and not yet acknowledged by the writer
+SHIP_ROWS = 2000  # rows per call to the writer
+SHIP_BATCHES = 200  # batches per call when shipping an adopted spool
+SPOOL_SCAN_S = 2.0  # how often an ingress replica looks for the spools of replicas that died
+ACK_TIMEOUT_S = 10.0  # how long one call of the shipper to the writer may take before it is sent again
 RETRY_AFTER_S = 2
 KNOWN_BATCHES = 200_000  # batch ids remembered per table (covers RETAIN_S of traffic)
 
@@ -121,27 +131,42 @@ class Logbook:
     # -- accepting -----------------------------------------------------------------
     def log(self, records: list[dict], table: str = INFERENCE, batch_id: str | None = None) -> int:
         """Make ``records`` durable; returns how many were new (0 for a batch already written)."""
+        return self.log_many([(batch_id or uuid.uuid4().hex, records)], table)
+
+    def log_many(self, batches: list[tuple[str, list[dict]]], table: str = INFERENCE) -> int:
+        """Make batches ``[(batch_id, records)]`` durable (one fsync); returns the rows that were new.
+
+        A batch whose id was written before is skipped; all or none of the new ones are taken.
+        """
         if table not in self.wal:
             raise LakeloopError(f"unknown log table {table!r}; the log tables are {', '.join(TABLES)}")
-        if not records:
+        batches = [(str(b), list(r)) for b, r in batches if r]
+        if not batches:
             return 0
-        batch_id = batch_id or uuid.uuid4().hex
-        self._arrow(table, records)  # a record the table cannot take is refused now, not at flush time
+        self._arrow(table, [r for _, rs in batches for r in rs])  # a record the table cannot take is refused now
         with self.lock:
-            if batch_id in self.known[table]:
+            seen: set = set()
+            new = []
+            for batch_id, records in batches:
+                if batch_id not in self.known[table] and batch_id not in seen:
+                    seen.add(batch_id)
+                    new.append((batch_id, records))
+            rows = sum(len(r) for _, r in new)
+            if not new:
                 return 0
-            if self.backlog[table] + len(records) > self.max_backlog_rows:
+            if self.backlog[table] + rows > self.max_backlog_rows:
                 raise LogBacklogError(
                     f"the inference log writer has {self.backlog[table]} rows of {table} not yet in the lake "
                     f"(limit {self.max_backlog_rows}; last write error: {self.last_error}); retry later")
-            self.wal[table].append(batch_id, records)
-            self._remember(table, batch_id)
-            self._index(table, records)
-            self.backlog[table] += len(records)
+            self.wal[table].append_many(new)
+            for batch_id, records in new:
+                self._remember(table, batch_id)
+                self._index(table, records)
+            self.backlog[table] += rows
             due = self.wal[table].active_rows >= self.flush_rows
         if due:
             self._due.set()
-        return len(records)
+        return rows
 
     def _remember(self, table: str, batch_id: str) -> None:
         known = self.known[table]
@@ -333,36 +358,53 @@ def stop_writer(ll: "Lakeloop") -> dict | None:
 
 
 class LogShipper:
-    """The ingress side: group commit of log records to the writer, bounded, with retries.
+    """The ingress side: log records spooled on this node's disk, then shipped to the writer.
 
-    ``await shipper.log(table, records)`` returns once the writer has the
-    records on disk, or raises :class:`~lakeloop.errors.ServiceUnavailableError`
-    (answer 503 with ``Retry-After``). Records of concurrent requests travel in
-    one call per table; while one call is in flight, the next requests gather.
+    ``await shipper.log(table, records)`` returns once the records are in this
+    replica's spool (:mod:`lakeloop.serving.spool`, fsync'd), or raises
+    :class:`~lakeloop.errors.ServiceUnavailableError` (answer 503 with
+    ``Retry-After``) when ``max_waiting_rows`` rows are already spooled and not
+    yet acknowledged by the writer. Concurrent calls share one write (group
+    commit). A background task ships spooled batches to the writer, oldest
+    first, retrying while the writer is dead, restarting or pushing back, and
+    adopts the spool of a replica of this lake that died on this node.
     """
 
-    def __init__(self, ll: "Lakeloop", max_waiting_rows: int = MAX_WAITING_ROWS, ack_timeout_s: float = ACK_TIMEOUT_S):
+    def __init__(self, ll: "Lakeloop", max_waiting_rows: int = MAX_WAITING_ROWS, ack_timeout_s: float = ACK_TIMEOUT_S,
+                 spool_root: str | Path | None = None):
+        from lakeloop.serving.spool import Spool
+
         self.ll = ll
         self.max_waiting_rows, self.ack_timeout_s = max_waiting_rows, ack_timeout_s
         self.actor = None
+        self.spool_root = Path(spool_root) if spool_root is not None else wal_root(ll) / "spool"
+        self.spool = Spool(self.spool_root, TABLES)
         self.waiting: list[tuple[str, list[dict], asyncio.Future]] = []
         self.waiting_rows = 0
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None  # the group commit into the spool
+        self.shipper: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
         self.sent = 0  # calls that reached the writer
         self.retries = 0
+        self.adopted = 0  # batches shipped from the spools of replicas that died
+        self.rejected = 0  # batches the writer refused for good (kept in <spool root>/rejected.jsonl)
+        self.last_error: str | None = None
 
     async def log(self, table: str, records: list[dict]) -> None:
         if not records:
             return
-        if self.waiting_rows + len(records) > self.max_waiting_rows:
+        if self.spool.pending_rows + self.waiting_rows + len(records) > self.max_waiting_rows:
             raise ServiceUnavailableError(
-                f"{self.waiting_rows} log rows are waiting for the inference log writer (limit "
-                f"{self.max_waiting_rows}); retry later", retry_after_s=RETRY_AFTER_S)
-        future = asyncio.get_running_loop().create_future()
+                f"{self.spool.pending_rows + self.waiting_rows} log rows are waiting for the inference log writer "
+                f"(limit {self.max_waiting_rows}; last error: {self.last_error}); retry later",
+                retry_after_s=RETRY_AFTER_S)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.waiting.append((table, records, future))
         self.waiting_rows += len(records)
         if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run())
+            self.task = loop.create_task(self._run())
+        self._start_shipper()
         await asyncio.shield(future)  # a cancelled request does not cancel the others' commit
 
     async def _run(self):
@@ -372,52 +414,115 @@ class LogShipper:
             tables: dict[str, list] = {}
             for table, records, future in batch:
                 tables.setdefault(table, []).append((records, future))
-            await asyncio.gather(*(self._commit(t, items) for t, items in tables.items()))
+            for table, items in tables.items():
+                records = [r for rs, _ in items for r in rs]
+                batch_id = uuid.uuid4().hex
+                try:
+                    seq = await asyncio.to_thread(self.spool.write, table, batch_id, records)
+                except Exception as exc:  # the disk: nothing was accepted
+                    error = ServiceUnavailableError(f"the log spool could not be written ({_short(exc)}); retry",
+                                                    retry_after_s=RETRY_AFTER_S)
+                    for _, future in items:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                self.spool.track(table, seq, batch_id, records)
+                for _, future in items:
+                    if not future.done():
+                        future.set_result(None)
+            if self._wake is not None:
+                self._wake.set()
 
-    async def _commit(self, table: str, items: list) -> None:
-        records = [r for rs, _ in items for r in rs]
-        try:
-            await self._send(table, records, uuid.uuid4().hex)
-        except Exception as exc:
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for _, future in items:
-            if not future.done():
-                future.set_result(None)
+    # -- shipping ------------------------------------------------------------------------
+    def _start_shipper(self) -> None:
+        if self.shipper is None or self.shipper.done():
+            self._wake = asyncio.Event()
+            self.shipper = asyncio.get_running_loop().create_task(self._ship_forever())
 
-    async def _send(self, table: str, records: list[dict], batch_id: str) -> None:
-        """One batch to the writer, retried (same id) while it is dead or restarting, up to the deadline."""
+    async def _ship_forever(self):
+        """Ship the spool as it fills; look for orphaned spools at start and every ``SPOOL_SCAN_S``."""
+        next_scan = 0.0
+        while True:
+            if time.monotonic() >= next_scan:
+                next_scan = time.monotonic() + SPOOL_SCAN_S
+                try:
+                    await self._adopt()
+                except Exception as exc:  # kept for the next scan
+                    self.last_error = _short(exc)
+            group = self.spool.next_group(SHIP_ROWS)
+            if group is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), max(0.01, next_scan - time.monotonic()))
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            table, batches = group
+            await self._ship(table, batches)
+            self.spool.acknowledged(len(batches))
+
+    async def _adopt(self):
+        """Ship and remove the spool folders of this lake's replicas that died on this node."""
+        from lakeloop.serving.spool import orphans, read_folder, release
+
+        for folder, fd in await asyncio.to_thread(orphans, self.spool_root, self.spool.folder):
+            shipped = False
+            try:
+                entries = await asyncio.to_thread(read_folder, folder, TABLES)
+                for table in TABLES:
+                    mine = [(b, r) for t, b, r in entries if t == table and r]
+                    for i in range(0, len(mine), SHIP_BATCHES):
+                        await self._ship(table, mine[i:i + SHIP_BATCHES])
+                        self.adopted += len(mine[i:i + SHIP_BATCHES])
+                shipped = True
+            finally:
+                release(folder, fd, remove=shipped)
+
+    async def _ship(self, table: str, batches: list[tuple[str, list[dict]]]) -> None:
+        """Batches to the writer, retried (same ids) until it takes them; refused for good: set aside."""
         import ray
 
-        deadline = time.monotonic() + self.ack_timeout_s
-        last: Exception | None = None
+        delay = 0.05
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ServiceUnavailableError(
-                    f"the inference log writer did not acknowledge within {self.ack_timeout_s:.0f} s "
-                    f"({_short(last) if last else 'timeout'}); the request was not logged, retry it",
-                    retry_after_s=RETRY_AFTER_S)
             try:
                 if self.actor is None:
                     self.actor = await asyncio.to_thread(writer, self.ll)
-                await asyncio.wait_for(self.actor.log.remote(records, table, batch_id), left)
+                await asyncio.wait_for(self.actor.log_many.remote(batches, table), self.ack_timeout_s)
                 self.sent += 1
                 return
             except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, LakeloopError):  # back-pressure (503), or records the table refuses
-                    raise exc.cause from None
-                last = exc  # the writer failed on this call (e.g. its disk): retried until the deadline
+                cause = exc.cause
+                if isinstance(cause, LakeloopError) and not isinstance(cause, ServiceUnavailableError):
+                    self._reject(table, batches, cause)  # e.g. records the table refuses: retrying cannot help
+                    return
+                self.last_error = _short(exc)  # back-pressure, or the writer failed on this call: retried
             except ray.exceptions.ActorDiedError as exc:  # killed for good: a new writer (get_if_exists)
-                last, self.actor = exc, None
+                self.last_error, self.actor = _short(exc), None
             except (ray.exceptions.RayActorError, asyncio.TimeoutError) as exc:  # restarting: same handle
-                last = exc
+                self.last_error = _short(exc)
             except Exception as exc:  # e.g. the named actor vanished between lookups: look it up again
-                last, self.actor = exc, None
+                self.last_error, self.actor = _short(exc), None
             self.retries += 1
-            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    def _reject(self, table: str, batches: list, exc: BaseException) -> None:
+        import json
+
+        from lakeloop.serving.wal import _default
+
+        self.rejected += len(batches)
+        self.last_error = _short(exc)
+        logging.getLogger("lakeloop.serving").error("the log writer refused %d batch(es) of %s: %s; kept in %s",
+                                                    len(batches), table, self.last_error, self.spool_root)
+        with open(self.spool_root / "rejected.jsonl", "a") as fh:
+            for batch_id, records in batches:
+                fh.write(json.dumps({"table": table, "batch": batch_id, "error": self.last_error,
+                                     "records": records}, default=_default) + "\n")
+
+    def start(self) -> None:
+        """Start shipping (and adopting orphaned spools) before the first request (call on the event loop)."""
+        self._start_shipper()
 
     async def recent(self, request_id: str) -> dict | None:
         """The writer's :meth:`Logbook.recent`, retried while it restarts (it rebuilds its index from the
@@ -442,6 +547,22 @@ class LogShipper:
             await asyncio.sleep(0.2)
 
     async def drain(self, timeout_s: float = 20.0) -> None:
-        """Wait for calls in flight (graceful shutdown)."""
+        """Graceful shutdown: what is spooled reaches the writer (within ``timeout_s``), then the spool closes.
+
+        What the writer has not taken by then stays on disk and is adopted by another replica.
+        """
+        deadline = time.monotonic() + timeout_s
         if self.task is not None and not self.task.done():
             await asyncio.wait({self.task}, timeout=timeout_s)
+        try:  # a replica that died here lately may not have been adopted yet: its records go first
+            await asyncio.wait_for(self._adopt(), max(0.1, deadline - time.monotonic()))
+        except Exception as exc:  # left for the next replica to start here
+            self.last_error = _short(exc)
+        if self.spool.pending:
+            self._start_shipper()
+            self._wake.set()
+            while self.spool.pending and time.monotonic() < deadline and not self.shipper.done():
+                await asyncio.sleep(0.02)
+        if self.shipper is not None:
+            self.shipper.cancel()
+        self.spool.close()
