@@ -76,9 +76,9 @@ class ServeConfig:
     # ingress replicas); "isolated": each version in its own deployment, one Ray hop per request
     mode: str = "fast"
     # "haproxy": Serve's HAProxy ingress (its stats/metrics listeners rewritten to loopback, a declared body over
-    # max_bytes answered 413 before it is read), more requests/s than the Python proxy here (README, Serving); where there is
-    # no haproxy binary (Ray ships one for Linux), `serve up` warns and uses the proxy. "proxy": Ray Serve's Python
-    # proxy. Applies when lakeloop starts Serve in its Ray (a running Serve keeps its own).
+    # max_bytes answered 413 before it is read), more requests/s than the Python proxy here (README, Serving);
+    # where there is no haproxy binary (Ray ships one for Linux), `serve up` warns and uses the proxy. "proxy":
+    # Ray Serve's Python proxy. Applies when lakeloop starts Serve in its Ray (a running Serve keeps its own).
     ingress: str = "haproxy"
 
 
