@@ -284,10 +284,9 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="lakeloop-faults-")) / "lake"
     ll = lakeloop.connect(lake_root=str(root), serve_port=free_port(), serve_replicas=2, serve_ingress_replicas=2,
                           ray_namespace="bench-faults")
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             namespace="bench-faults")
+    ll.ensure_ray()  # this lake's local Ray, on loopback
     try:
-        name, version, _ = register_model(ll)
+        name, version, *_ = register_model(ll)  # (name, version, local path, model uri)
         ll.serving.up()
         ll.serving.deploy(name, version)
         out = run_faults(ll, name, version, ROW, threads=args.threads, settle_s=args.settle_s, after_s=args.after_s)

@@ -147,3 +147,36 @@ def test_a_full_spool_answers_503_and_takes_nothing(tmp_path, ray_session):
 
     shipper = asyncio.run(go())
     assert shipper.spool.close() is False  # kept on disk for the next replica
+
+
+@pytest.mark.timeout(180)
+def test_a_label_sent_to_another_replica_finds_a_request_still_on_its_way_from_a_spool(tmp_path, ray_session):
+    """The answering replica's shipper is late (a writer that just restarted); the label is not a 404."""
+    from lakeloop.serving.feedback import FeedbackBook, UnknownRequestError
+
+    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), ray_namespace="spool-tests-label")
+
+    async def go():
+        answering = LogShipper(ll, spool_root=tmp_path / "spool")
+        start = answering._start_shipper
+        answering._start_shipper = lambda: None  # nothing shipped yet
+        other = LogShipper(ll, spool_root=tmp_path / "spool")
+        book = FeedbackBook(ll, recent=other.recent)
+        with pytest.raises(UnknownRequestError):  # a made-up id is still a 404 (after the grace)
+            await book.find("f" * 32)
+        await answering.log(INFERENCE, records(["r-1"]))  # answered 2xx, in the spool only
+
+        async def ship_late():
+            await asyncio.sleep(0.3)
+            start()
+
+        found, _ = await asyncio.gather(book.find("r-1"), ship_late())
+        await answering.drain()
+        await other.drain()
+        return found
+
+    try:
+        found = asyncio.run(go())
+    finally:
+        stop_writer(ll)
+    assert (found.model, found.version, found.rows) == ("m", 1, 1)

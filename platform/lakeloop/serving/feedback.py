@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 WINDOW_S = 7 * 24 * 3600.0  # default feedback window: labels for predictions up to a week old
 MAX_INDEXED = 100_000  # recent requests an ingress replica remembers (older ones are looked up in the log)
+SPOOL_GRACE_S = 1.0  # how long a label for an unknown id waits for the writer to hear of it (from a spool)
 LOOKUPS = 2  # concurrent lookups of unknown request ids in logs.inference, per ingress replica
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 FIELDS = ("request_id", "label", "labels", "row", "reason")
@@ -222,8 +223,12 @@ class FeedbackBook:
             if found is None:
                 async with self._lookups:  # made-up ids cost a scan each: never more than LOOKUPS threads
                     found = await asyncio.to_thread(self._from_logs, request_id)
-            if found is None and unreachable is None:  # answered by another replica a moment ago, its records
-                try:                                    # still on their way from its spool: ask once more
+            deadline = time.monotonic() + SPOOL_GRACE_S
+            while found is None and unreachable is None and time.monotonic() < deadline:
+                # answered by another replica a moment ago, its records still on their way from that replica's
+                # spool (its shipper retries a restarted writer every logbook.RETRY_MAX_S): ask again
+                await asyncio.sleep(0.1)
+                try:
                     found = await self._from_writer(request_id)
                 except ServiceUnavailableError as exc:
                     unreachable = exc

@@ -63,6 +63,7 @@ APP_ID = "lakeloop.logbook/{table}"  # Delta app transaction id: the last segmen
 MAX_WAITING_ROWS = 20_000  # per ingress replica, spooled and not yet acknowledged by the writer
 SHIP_ROWS = 2000  # rows per call to the writer
 SHIP_BATCHES = 200  # batches per call when shipping an adopted spool
+RETRY_MAX_S = 0.2  # the shipper's longest wait between tries (labels sent elsewhere wait for the records)
 SPOOL_SCAN_S = 2.0  # how often an ingress replica looks for the spools of replicas that died
 ACK_TIMEOUT_S = 10.0  # how long one call of the shipper to the writer may take before it is sent again
 RETRY_AFTER_S = 2
@@ -504,7 +505,7 @@ class LogShipper:
                 self.last_error, self.actor = _short(exc), None
             self.retries += 1
             await asyncio.sleep(delay)
-            delay = min(2.0, delay * 2)
+            delay = min(RETRY_MAX_S, delay * 2)
 
     def _reject(self, table: str, batches: list, exc: BaseException) -> None:
         import json
