@@ -150,9 +150,13 @@ def test_a_full_spool_answers_503_and_takes_nothing(tmp_path, ray_session):
 
 
 @pytest.mark.timeout(180)
-def test_a_label_sent_to_another_replica_finds_a_request_still_on_its_way_from_a_spool(tmp_path, ray_session):
+def test_a_label_sent_to_another_replica_finds_a_request_still_on_its_way_from_a_spool(tmp_path, ray_session,
+                                                                                      monkeypatch):
     """The answering replica's shipper is late (a writer that just restarted); the label is not a 404."""
+    from lakeloop.serving import feedback
     from lakeloop.serving.feedback import FeedbackBook, UnknownRequestError
+
+    monkeypatch.setattr(feedback, "SPOOL_GRACE_S", 1.0)
 
     ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), ray_namespace="spool-tests-label")
 
@@ -164,6 +168,7 @@ def test_a_label_sent_to_another_replica_finds_a_request_still_on_its_way_from_a
         book = FeedbackBook(ll, recent=other.recent)
         with pytest.raises(UnknownRequestError):  # a made-up id is still a 404 (after the grace)
             await book.find("f" * 32)
+        feedback.SPOOL_GRACE_S = 60.0  # a loaded machine's Ray calls can take seconds: the wait, not its length
         await answering.log(INFERENCE, records(["r-1"]))  # answered 2xx, in the spool only
 
         async def ship_late():
