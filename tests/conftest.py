@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,12 +72,14 @@ def start_session_ray():
 
 
 @pytest.fixture(scope="session")
-def ray_head(s3):
+def ray_head(s3, request):
     """One Ray head with its job server for the session, started with the README's single-machine line
-    (`tests/ray_heads.py`); yields (dashboard address, env for Ray clients, head pid)."""
+    (`tests/ray_heads.py`); yields (dashboard address, env for Ray clients, head pid). Its logs are kept
+    when a test fails while it runs."""
     from ray_heads import running_head
 
-    with running_head(num_cpus=2) as head:
+    failed_before = request.session.testsfailed
+    with running_head(num_cpus=2, failed=lambda: request.session.testsfailed > failed_before) as head:
         yield head
 
 
@@ -192,7 +193,7 @@ def run_cli(*args: str, cwd=None, env=None, check=True, timeout: float = 120) ->
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing holds now, outside the kernel's ephemeral range (`lakeloop.ports`)."""
+    from lakeloop.ports import free_port as pick
+
+    return pick()

@@ -10,30 +10,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from conftest import BIN, clean_env
+from lakeloop.ports import free_ports  # below the ephemeral range: see lakeloop/ports.py
 
 # the README's line for a single-machine head (Configuration), plus ports of its own for the test
 HEAD_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 HEAD_ARGS = ["start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1"]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports nothing listens on right now."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_head(temp_dir: str, num_cpus: int = 1):
@@ -70,8 +60,11 @@ def stop_head(head: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_head(num_cpus: int = 1, timeout_s: float = 120):
-    """A head whose job server answers; yields (dashboard address, env for Ray clients, head pid)."""
+def running_head(num_cpus: int = 1, timeout_s: float = 120, failed: Callable[[], bool] = lambda: False):
+    """A head whose job server answers; yields (dashboard address, env for Ray clients, head pid).
+
+    Its logs are copied out of its temp dir (removed at teardown) when it fails to come up, when the
+    body raises, or when ``failed()`` says so at teardown (a test that used it failed)."""
     from lakeloop.retrain.trigger import auth_headers
 
     temp_dir = tempfile.mkdtemp(prefix="llray-", dir="/tmp")  # short: Unix socket paths have a length limit
@@ -90,6 +83,23 @@ def running_head(num_cpus: int = 1, timeout_s: float = 120):
             assert time.monotonic() < deadline, f"the Ray head's job server did not answer within {timeout_s:g} s"
             time.sleep(1)
         yield address, env, head.pid
+    except Exception as exc:
+        exc.add_note(f"the head's logs are kept in {keep_logs(temp_dir)}")
+        raise
+    else:
+        if failed():
+            print(f"a test that used the Ray head failed; its logs are kept in {keep_logs(temp_dir)}")
     finally:
         stop_head(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def keep_logs(temp_dir: str) -> str:
+    """Copy a failed head's logs (``head.log`` and its session's ``logs/``) out of its temp dir, which
+    teardown removes; returns where they are."""
+    kept = tempfile.mkdtemp(prefix="llray-failed-", dir="/tmp")
+    shutil.copy2(Path(temp_dir, "head.log"), kept)
+    logs = Path(temp_dir, "session_latest", "logs")
+    if logs.is_dir():
+        shutil.copytree(logs, Path(kept, "logs"), ignore=shutil.ignore_patterns("*.sock"), dirs_exist_ok=True)
+    return kept

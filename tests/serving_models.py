@@ -36,3 +36,25 @@ def register(ll, name: str, threshold: float) -> int:
                                        code_paths=[__file__],  # the class travels with the model
                                        metadata={"lakeloop": {"task": "classification", "classes": [0, 1]}})
     return int(info.registered_model_version)
+
+
+class Unloadable(mlflow.pyfunc.PythonModel):
+    """A version whose load fails (as one whose artifacts or dependencies are broken)."""
+
+    def load_context(self, context):
+        raise RuntimeError("this model's artifacts are broken")
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def register_unloadable(ll, name: str) -> int:
+    """Register a version of ``name`` that no process can load; returns its number."""
+    import mlflow
+
+    mlflow.set_tracking_uri(ll.config.tracking_uri)
+    mlflow.set_registry_uri(ll.config.registry_uri)
+    with mlflow.start_run(experiment_id=ll.experiment_id()):
+        info = mlflow.pyfunc.log_model(name="model", python_model=Unloadable(), registered_model_name=name,
+                                       code_paths=[__file__])
+    return int(info.registered_model_version)

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import BIN, free_port, run_cli
 from test_automl import FEATURES, make_rows, write_table
 
 
@@ -340,16 +339,10 @@ def test_models_cli_lists_shows_compares_gates_promotes_rolls_back_and_rebuilds(
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_registered_version(scenario, tmp_path):
     ll = scenario["ll"]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": ll.config.tracking_uri, "MLFLOW_REGISTRY_URI": ll.config.registry_uri,
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(tmp_path / "serve.log", "w")

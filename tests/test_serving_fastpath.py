@@ -17,8 +17,9 @@ import lakeloop
 import serving_models
 from conftest import free_port
 from test_sockets import is_loopback, listening as tree_listening
-from lakeloop.errors import ConfigError, ServiceUnavailableError
-from lakeloop.serving.deployments import predict_grouped
+from lakeloop.errors import ConfigError, ModelLoadError, ServiceUnavailableError
+from lakeloop.serving.controller import app_running
+from lakeloop.serving.deployments import app_name, predict_grouped
 from lakeloop.serving.service import (HAPROXY_DRAIN_S, HAPROXY_WRAPPER, check_modes, haproxy_processes,
                                       stop_node_haproxies, stop_processes)
 
@@ -235,6 +236,19 @@ def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_ha
         assert all(listed["versions"][str(v)]["in_process"] for v in (v1, v2, v3))
         assert listed["versions"][str(v3)]["shadow_stats"]["requests"] >= 1
         assert listed["traffic"] == {str(v1): 90.0, str(v2): 10.0, str(v3): 0.0}
+        # deploy does not wait for a version's own replicas in fast mode: it loads the version first, so one
+        # that cannot be loaded is refused and nothing changes
+        broken = serving_models.register_unloadable(ll, "fraud")
+        with pytest.raises(ModelLoadError, match=f"models:/fraud/{broken} was not deployed.*artifacts are broken"):
+            ll.serving.deploy("fraud", broken, weight=50)
+        assert call(port, "GET", "/v1/models")[1]["models"]["fraud"]["traffic"] == listed["traffic"]
+        # the versions' own deployments (the ingress's fallback) start once the ingress serves them
+        apps = [app_name("fraud", v) for v in (v1, v2, v3)]
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not all(app_running(a) for a in apps):
+            time.sleep(0.5)
+        assert all(app_running(a) for a in apps), serve.status().applications
+        assert app_name("fraud", broken) not in serve.status().applications
         # the replicas' own HTTP servers (HAProxy sends to them directly) bind serve.host too, as all of Ray does
         wide = [s for s in tree_listening(os.getpid()) if not is_loopback(s[2])]
         assert not wide, wide

@@ -138,7 +138,7 @@ def test_a_full_spool_answers_503_and_takes_nothing(tmp_path, ray_session):
 
     async def go():
         shipper = LogShipper(ll, max_waiting_rows=3, spool_root=tmp_path / "spool")
-        shipper._start_shipper = lambda: None  # the writer never acknowledges
+        shipper.start = lambda: None  # the writer never acknowledges
         await shipper.log(INFERENCE, records(["a", "b"]))
         with pytest.raises(ServiceUnavailableError, match="limit 3"):
             await shipper.log(INFERENCE, records(["c", "d"]))
@@ -162,8 +162,8 @@ def test_a_label_sent_to_another_replica_finds_a_request_still_on_its_way_from_a
 
     async def go():
         answering = LogShipper(ll, spool_root=tmp_path / "spool")
-        start = answering._start_shipper
-        answering._start_shipper = lambda: None  # nothing shipped yet
+        start = answering.start
+        answering.start = lambda: None  # nothing shipped yet
         other = LogShipper(ll, spool_root=tmp_path / "spool")
         book = FeedbackBook(ll, recent=other.recent)
         with pytest.raises(UnknownRequestError):  # a made-up id is still a 404 (after the grace)

@@ -328,11 +328,9 @@ def _free_agent_port(local: bool):
     except (ImportError, ValueError, TypeError, AttributeError):
         yield
         return
-    import socket
+    from lakeloop.ports import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     init.__defaults__ = saved[:index] + (port,) + saved[index + 1:]
     try:
         yield

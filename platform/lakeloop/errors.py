@@ -129,6 +129,12 @@ class TrafficError(LakeloopError):
     http_status = 400
 
 
+class ModelLoadError(LakeloopError):
+    """A model version that cannot be loaded, so it is not deployed (nothing changed)."""
+
+    http_status = 422
+
+
 class InputError(LakeloopError):
     """A prediction request that does not match the model's signature or limits."""
 

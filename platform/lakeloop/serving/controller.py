@@ -20,15 +20,19 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any
 
-from lakeloop.errors import ModelNotServedError, TrafficError
+from lakeloop.errors import ModelLoadError, ModelNotServedError, TrafficError
 from lakeloop.serving.policy import (TrafficPolicy, check_deploy_request, check_promote_request, check_traffic_request,
                                      check_version)
 
 HISTORY = "serving.traffic"
 FOLLOW_POLL_S = 1.0  # how often the registry's aliases are read for versions that follow one
+# fast mode: a version's own deployment (the ingress replicas' fallback) starts once an ingress replica has
+# loaded the version itself, so its replicas' start does not slow that load (2 cores); at the latest after this
+FALLBACK_WAIT_S = 30.0
 log = logging.getLogger("lakeloop.serving")
 HISTORY_COLUMNS = {"at": {"type": "timestamp", "required": True}, "model": "string", "action": "string",
                    "detail": "string", "state": "string"}
@@ -55,12 +59,18 @@ class ServingController:
                 self.state, self.skipped = restore_state(rows)
                 for problem in self.skipped:
                     _report_skipped(self.ll, problem)
+        self.loadable: set[str] = set()  # versions (URIs) loaded here once: artifacts of a version never change
+        self.loading = threading.Lock()
+        self.fallbacks: dict[str, tuple] = {}  # app name -> (its Serve app, state version it waits for, since)
+        self.applied = 0  # the newest state version an ingress replica has said it serves
         self._stop = threading.Event()
         threading.Thread(target=self._follow_loop, name="lakeloop-follow-aliases", daemon=True).start()
 
     # -- reads -------------------------------------------------------------------
     def snapshot(self, known_version: int = -1) -> dict | None:
+        """The serving state, or None when ``known_version`` (what the asking ingress replica serves) is it."""
         with self.lock:
+            self.applied = max(self.applied, known_version)
             if known_version == self.state["version"]:
                 return None
             return copy.deepcopy(self.state)
@@ -78,9 +88,26 @@ class ServingController:
         """Poll the registry for aliases that served versions follow; roll out the moves."""
         while not self._stop.wait(FOLLOW_POLL_S):
             try:
+                self.start_fallbacks()
                 self.follow_aliases()
             except Exception:  # the registry unreachable for a moment: serve the last state, try again
                 log.warning("following registry aliases failed; retrying", exc_info=True)
+
+    def start_fallbacks(self, now: float | None = None) -> list[str]:
+        """Start the deployments of versions an ingress replica serves by now (or that waited FALLBACK_WAIT_S)."""
+        from ray import serve
+
+        now = time.monotonic() if now is None else now
+        with self.changes:  # not between a retire's state change and its delete of the app
+            with self.lock:
+                due = {name: app for name, (app, needed, since) in self.fallbacks.items()
+                       if self.applied >= needed or now - since >= FALLBACK_WAIT_S}
+                for name in due:
+                    del self.fallbacks[name]
+            if due:
+                serve.run_many([serve.RunTarget(app, name=name, route_prefix=None) for name, app in due.items()],
+                               wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+        return sorted(due)
 
     def follow_aliases(self) -> list[dict]:
         """Roll out every followed alias that moved in the registry since it was deployed; returns the changes."""
@@ -170,6 +197,32 @@ class ServingController:
         return {c.name: {"type": str(getattr(c.type, "name", c.type)), "required": bool(c.required)}
                 for c in schema.inputs.inputs if c.name}, label
 
+    def prepare(self, deploy: list) -> list[str]:
+        """What ``deploy`` of these ``(model, ref)`` pairs will check, done now (the registry read, the load),
+        while Serve starts; returns what failed (``deploy`` raises it again). Called by ``serve up``."""
+        failed = []
+        for model, ref in deploy:
+            try:
+                self._check_loads(f"models:/{model}/{int(self._resolve(model, ref).version)}")
+            except Exception as exc:
+                failed.append(f"{model}: {type(exc).__name__}: {exc}"[:500])
+        return failed
+
+    def _check_loads(self, uri: str) -> None:
+        """Raise :class:`ModelLoadError` naming why when the version's pyfunc cannot be loaded."""
+        from lakeloop.serving import body as bodies
+        from lakeloop.serving.deployments import load_pyfunc
+
+        with self.loading:  # one load per version: a deploy waits for the prepare that loads it
+            if uri in self.loadable:
+                return
+            try:
+                load_pyfunc(uri, self.ll.config.tracking_uri, self.ll.config.registry_uri)
+            except Exception as exc:
+                raise ModelLoadError(f"{uri} was not deployed: it cannot be loaded "
+                                     f"({bodies.public_message(exc, limit=500)})") from None
+            self.loadable.add(uri)
+
     def _feature_views(self, model: str, version: int, schema: dict) -> dict:
         """Views whose features the model takes: join keys and model column -> view feature.
 
@@ -247,14 +300,24 @@ class ServingController:
             from lakeloop.features import online
 
             online.start(self.ll, http=False)
-        if not _app_running(app_name(model, version)):  # a running version is not restarted
+        if not app_running(app_name(model, version)) and app_name(model, version) not in self.fallbacks:
+            # a running version (or one whose start is due) is not started again
             cpus = self.ll.config.serve.replica_cpus
             replicas = self.ll.config.serve.replicas
-            serve.run(ModelServer.options(num_replicas=replicas, **spread_options(replicas),  # one node's loss costs one
-                                          ray_actor_options={"num_cpus": cpus}).bind(
+            app = ModelServer.options(num_replicas=replicas, **spread_options(replicas),  # one node's loss costs one
+                                      ray_actor_options={"num_cpus": cpus}).bind(
                 uri, redact_uri(self.ll.config.tracking_uri), redact_uri(self.ll.config.registry_uri),
-                self.ll.config.lake.root),  # Serve keeps these arguments: never a password in them
-                name=app_name(model, version), route_prefix=None)
+                self.ll.config.lake.root)  # Serve keeps these arguments: never a password in them
+            if in_process(self.ll.config):
+                # the ingress replicas answer from their own copy, loaded before they take the new state; the
+                # version's deployment (their fallback) starts once one of them has it (start_fallbacks).
+                # Loaded here first, so a version no process can load never gets traffic (what waiting for
+                # its replicas checked)
+                self._check_loads(uri)
+                with self.lock:  # the callers commit the state that serves it next
+                    self.fallbacks[app_name(model, version)] = (app, self.state["version"] + 1, time.monotonic())
+            else:  # isolated: its replicas answer every request, so they run before it can get any
+                serve.run(app, name=app_name(model, version), route_prefix=None)
         with self.lock:
             m = self.state["models"].setdefault(model, {"versions": {}, "policy": None})
             m["versions"][str(version)] = {
@@ -330,6 +393,8 @@ class ServingController:
             m["policy"] = TrafficPolicy(weights={v: w for v, w in policy.weights.items() if v != int(version)},
                                         shadow=policy.shadow, sticky=policy.sticky).to_dict()
             result = self._commit(model, "retire", {"version": int(version)})
+        with self.lock:
+            self.fallbacks.pop(app_name(model, int(version)), None)
         serve.delete(app_name(model, int(version)))
         return result
 
@@ -340,6 +405,8 @@ class ServingController:
         from lakeloop.serving.deployments import app_name
 
         names = [app_name(m, int(v)) for m, info in self.state["models"].items() for v in info["versions"]]
+        with self.lock:
+            self.fallbacks.clear()
         if not wait:  # Serve stops next and waits for them: all at once, without waiting here
             if names:
                 _get_global_client().delete_apps(names, blocking=False)
@@ -411,7 +478,12 @@ def _deploy_policy(policy: TrafficPolicy | None, version: int, weight: float | N
     return policy
 
 
-def _app_running(name: str) -> bool:
+def in_process(cfg) -> bool:
+    """Whether the ingress replicas answer from their own copy of each live version (mode ``fast``)."""
+    return cfg.serve.mode == "fast" or bool(cfg.serve.in_process)
+
+
+def app_running(name: str) -> bool:
     from ray import serve
 
     try:

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -78,6 +79,13 @@ def _only_empty(body: dict, arguments: dict) -> dict:
 
 def app_name(model: str, version: int) -> str:
     return f"lakeloop-{model}-v{version}"
+
+
+def _import_pyfunc() -> None:
+    try:
+        import mlflow.pyfunc  # noqa: F401
+    except Exception:  # load_pyfunc raises it again, where it is reported
+        pass
 
 
 def load_pyfunc(model_uri: str, tracking_uri: str, registry_uri: str, lake_root: str | None = None):
@@ -193,10 +201,13 @@ class Ingress:
         self.rng = random.Random()
         self._metrics()
         self._poller = None
+        self._first: asyncio.Future | None = None  # the first state read, shared by requests that wait for it
         self._background: set[asyncio.Task] = set()  # shadow calls and their log writes
         # fast mode: this replica also holds each live version and answers without a second hop
-        self.in_process = config["serve"].get("mode", "fast") == "fast" or bool(config["serve"].get("in_process"))
+        self.in_process = config["serve"].get("mode", "fast") == "fast" or bool(config["serve"].get("in_process"))  # controller.in_process
         self.local_models: dict[tuple[str, int], object] = {}
+        if self.in_process:  # loading a version imports mlflow's pyfunc: done while this replica starts
+            threading.Thread(target=_import_pyfunc, name="lakeloop-import-pyfunc", daemon=True).start()
 
     def _metrics(self):
         from ray.util import metrics
@@ -212,9 +223,20 @@ class Ingress:
 
     # -- state -------------------------------------------------------------------
     async def _ensure_state(self):
-        if self._poller is None:
+        """The first state read once (requests that arrive meanwhile wait for the same read), then polled."""
+        if self._poller is not None:
+            return
+        if self._first is None:
             self.logbook.start()  # ships this replica's spool and adopts those of replicas that died here
-            await self._refresh()
+            self._first = asyncio.ensure_future(self._refresh())
+        first = self._first
+        try:
+            await asyncio.shield(first)
+        except Exception:
+            if self._first is first:
+                self._first = None  # the controller not reachable yet: the next request reads again
+            raise
+        if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self):
@@ -252,8 +274,8 @@ class Ingress:
                 m["policy_obj"], m["policy_error"] = None, str(exc)
             for v, info in m["versions"].items():
                 key = (name, int(v))
-                handles[key] = self.handles.get(key) or serve.get_deployment_handle(
-                    "ModelServer", app_name=app_name(name, int(v)))
+                handles[key] = self.handles.get(key) or serve.get_deployment_handle(  # in fast mode its app may
+                    "ModelServer", app_name=app_name(name, int(v)), _check_exists=False)  # start after this
                 info["schema_obj"] = InputSchema(info.get("schema") or {})
         if self.in_process:
             for key in handles:

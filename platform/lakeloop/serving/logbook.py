@@ -405,7 +405,7 @@ class LogShipper:
         self.waiting_rows += len(records)
         if self.task is None or self.task.done():
             self.task = loop.create_task(self._run())
-        self._start_shipper()
+        self.start()
         await asyncio.shield(future)  # a cancelled request does not cancel the others' commit
 
     async def _run(self):
@@ -435,7 +435,9 @@ class LogShipper:
                 self._wake.set()
 
     # -- shipping ------------------------------------------------------------------------
-    def _start_shipper(self) -> None:
+    def start(self) -> None:
+        """Start shipping (and adopting orphaned spools), if not running; call on the event loop (the ingress
+        calls it before its first request)."""
         if self.shipper is None or self.shipper.done():
             self._wake = asyncio.Event()
             self.shipper = asyncio.get_running_loop().create_task(self._ship_forever())
@@ -473,8 +475,9 @@ class LogShipper:
                 for table in TABLES:
                     mine = [(b, r) for t, b, r in entries if t == table and r]
                     for i in range(0, len(mine), SHIP_BATCHES):
-                        await self._ship(table, mine[i:i + SHIP_BATCHES])
-                        self.adopted += len(mine[i:i + SHIP_BATCHES])
+                        chunk = mine[i:i + SHIP_BATCHES]
+                        await self._ship(table, chunk)
+                        self.adopted += len(chunk)
                 shipped = True
             finally:
                 release(folder, fd, remove=shipped)
@@ -521,10 +524,6 @@ class LogShipper:
                 fh.write(json.dumps({"table": table, "batch": batch_id, "error": self.last_error,
                                      "records": records}, default=_default) + "\n")
 
-    def start(self) -> None:
-        """Start shipping (and adopting orphaned spools) before the first request (call on the event loop)."""
-        self._start_shipper()
-
     async def recent(self, request_id: str) -> dict | None:
         """The writer's :meth:`Logbook.recent`, retried while it restarts (it rebuilds its index from the
         write-ahead log); :class:`ServiceUnavailableError` when it cannot answer within the deadline."""
@@ -560,7 +559,7 @@ class LogShipper:
         except Exception as exc:  # left for the next replica to start here
             self.last_error = _short(exc)
         if self.spool.pending:
-            self._start_shipper()
+            self.start()
             self._wake.set()
             while self.spool.pending and time.monotonic() < deadline and not self.shipper.done():
                 await asyncio.sleep(0.02)

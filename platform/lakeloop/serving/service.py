@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lakeloop.errors import ConfigError, ConnectError, LakeloopError
+from lakeloop.ports import free_port
 
 if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
@@ -26,14 +27,6 @@ HAPROXY_WRAPPER = Path(__file__).with_name("haproxy_loopback.sh")
 # 63 s). Our haproxy runs on the head and is reloaded within a second of the change; after the window, a
 # connection the replica refuses is retried on another one (the template's `retry-on` and `redispatch`)
 HAPROXY_DRAIN_S = 3
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def haproxy_binary() -> str | None:
@@ -70,8 +63,8 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_LOG_TARGET": os.environ.get("RAY_SERVE_HAPROXY_LOG_TARGET", "/dev/null"),
             # read by the replicas too (they inherit the controller's runtime_env)
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(HAPROXY_DRAIN_S),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port(host)),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(host)),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(host)),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(host)),
             **({} if max_body is None else {"HAPROXY_LOOPBACK_MAX_BODY": str(int(max_body))})}
 
 
@@ -250,8 +243,10 @@ class Serving:
 
         self.ll.ensure_ray()
         self.node_id = ray.get_runtime_context().get_node_id()
-        self._controller(create=True)  # their processes start while Serve starts (creation does not block)
+        controller = self._controller(create=True)  # their processes start while Serve starts (not blocking)
         logbook.writer(self.ll)
+        if deploy:  # the registry reads and model loads that deploy checks, done while Serve starts
+            controller.prepare.remote(list(deploy))
         if not _serve_running():
             try:
                 env = serve_env(cfg)

@@ -112,11 +112,11 @@ class Spool:
         for table in self.wal:
             self._seal(table)
         removed = not self.pending
-        if removed:
-            shutil.rmtree(self.folder, ignore_errors=True)
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            release(self.folder, self._lock_fd, remove=removed)
             self._lock_fd = None
+        elif removed:
+            shutil.rmtree(self.folder, ignore_errors=True)
         return removed
 
 
