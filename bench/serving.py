@@ -12,8 +12,8 @@ installed, else a Python load generator (threads, keep-alive). Per point:
 req/s (all requests / all time), p50 (median of the rounds' p50) and p99 (the
 worst round's), errors (non-2xx and socket errors). Servers:
 
-- ``lakeloop``: ``serve.mode`` fast (the default: the version inside the ingress
-  replica, batched) with ``serve.ingress: haproxy`` (opt-in), started by ``lakeloop serve up``;
+- ``lakeloop``: the defaults (``serve.mode: fast``, the version inside the ingress
+  replica, batched; ``serve.ingress: haproxy``), started by ``lakeloop serve up``;
 - ``lakeloop_split``: the same endpoint, another model with 90/10 split and a shadow;
 - ``lakeloop_isolated``: ``serve.mode: isolated`` (one hop to the version's deployment);
 - ``mlflow_models_serve``; ``ray_serve_proxy`` / ``ray_serve_haproxy``: one plain
@@ -50,7 +50,6 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 ROW = {"amount": 120.5, "hour": 3.0, "country": "BR", "merchant_risk": 0.7}
-INGRESS = "haproxy"  # lakeloop's rows: serve.ingress haproxy (opt-in; the default is Serve's Python proxy)
 SERVERS = ("lakeloop", "lakeloop_split", "lakeloop_isolated", "mlflow_models_serve", "ray_serve_proxy",
            "ray_serve_haproxy", "fastapi_floor")
 
@@ -318,7 +317,7 @@ def start_all(servers: Servers, ll, name: str, version: int, local: str, split: 
     lake_port, mlflow_port = free_port(), free_port()
     t0 = time.monotonic()
     lake_proc = servers.start([str(BIN / "lakeloop"), "serve", "up", "-m", name],
-                              lakeloop_env(ll.config.lake.root, lake_port, tracking, ingress=INGRESS))
+                              lakeloop_env(ll.config.lake.root, lake_port, tracking))
     mlflow_proc = servers.start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
                                  "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)])
     mlflow_url = f"http://127.0.0.1:{mlflow_port}/invocations"
@@ -352,8 +351,7 @@ def start_all(servers: Servers, ll, name: str, version: int, local: str, split: 
     # isolated mode: another lake (its own Ray), the same MLflow store
     iso_port = free_port()
     iso = servers.start([str(BIN / "lakeloop"), "serve", "up", "-m", name],
-                        lakeloop_env(f"{servers.tmp}/lake_isolated", iso_port, tracking, mode="isolated",
-                                     ingress=INGRESS))
+                        lakeloop_env(f"{servers.tmp}/lake_isolated", iso_port, tracking, mode="isolated"))
     urls["lakeloop_isolated"] = (f"http://127.0.0.1:{iso_port}/v1/models/{name}/predict", {"rows": [ROW]})
     # plain Ray Serve, Python proxy and HAProxy
     (Path(servers.tmp) / "plain_serve.py").write_text(PLAIN_SERVE)

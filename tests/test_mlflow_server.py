@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -170,6 +171,14 @@ def test_the_tracking_uris_password_reaches_no_log_and_no_stored_serve_argument(
     from ray.experimental import internal_kv
     from ray.serve._private.storage.kv_store import SERVE_INTERNAL_KV_NAMESPACE
 
+    from lakeloop.serving.controller import app_running
+    from lakeloop.serving.deployments import app_name
+
+    # the version's own deployment starts once the ingress serves it (fast mode): its replicas have loaded
+    # the version, and logged what they log, once it runs
+    deadline = time.monotonic() + 180
+    while not app_running(app_name("credit", 1)) and time.monotonic() < deadline:
+        time.sleep(0.5)
     password = scenario["password"].encode()
     stored = b"".join(internal_kv._internal_kv_get(k, namespace=SERVE_INTERNAL_KV_NAMESPACE) or b""
                       for k in internal_kv._internal_kv_list(b"", namespace=SERVE_INTERNAL_KV_NAMESPACE))

@@ -68,8 +68,8 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
 
     port = free_port()
     serve.shutdown()  # a Serve left by an earlier module on this worker's Ray would keep its own port
-    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), online_port=free_port(), ray_namespace="socket-tests",
-                          serve_ingress="haproxy")  # the opt-in ingress, started as ll.serving.up starts it
+    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), online_port=free_port(), ray_namespace="socket-tests")
+    assert ll.config.serve.ingress == "haproxy"  # the default, started as ll.serving.up starts it
     node = ray_session.get_runtime_context().get_node_id()
     serve.start(http_options={"host": "127.0.0.1", "port": port},
                 controller_options={"runtime_env": {"env_vars": serve_env(ll.config)}})

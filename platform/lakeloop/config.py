@@ -75,12 +75,11 @@ class ServeConfig:
     # "fast": each ingress replica loads the live versions and answers without a hop (isolation by several
     # ingress replicas); "isolated": each version in its own deployment, one Ray hop per request
     mode: str = "fast"
-    # "proxy": Ray Serve's Python proxy. "haproxy": Serve's HAProxy ingress (its stats/metrics listeners rewritten
-    # to loopback, a declared body over max_bytes answered 413 before it is read), more requests/s than the proxy
-    # here (README, Serving); opt-in: in two of three `make test` runs with it as the default, the session's
-    # `ray start` head never came up (cause not found). Where there is no haproxy binary, `serve up` warns and
-    # uses the proxy. Applies when lakeloop starts Serve in its Ray (a running Serve keeps its own).
-    ingress: str = "proxy"
+    # "haproxy": Serve's HAProxy ingress (its stats/metrics listeners rewritten to loopback, a declared body over
+    # max_bytes answered 413 before it is read), more requests/s than the Python proxy here (README, Serving);
+    # where there is no haproxy binary (Ray ships one for Linux), `serve up` warns and uses the proxy. "proxy":
+    # Ray Serve's Python proxy. Applies when lakeloop starts Serve in its Ray (a running Serve keeps its own).
+    ingress: str = "haproxy"
 
 
 @dataclass(frozen=True)
