@@ -121,6 +121,8 @@ def test_every_answer_2xx_is_in_the_log_exactly_once_after_each_kill(fault_run):
 def test_a_kill_fails_at_most_the_requests_in_flight_and_never_with_a_bare_5xx(fault_run):
     kills = fault_run["kills"]
     assert set(kills) == {"writer", "ingress", "model"}, kills
+    # deploy returns once both ingress replicas serve the version: no request of the load before the kills failed
+    assert fault_run["warmup_failed"] == 0, [e for e in fault_run["events"] if e[3] != 200][:10]
     failures = [e for e in fault_run["events"] if e[3] != 200]
     for what, k in kills.items():
         assert k["answered_2xx"] > 0 and k["max_gap_s"] is not None, (what, k)

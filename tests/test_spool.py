@@ -156,7 +156,8 @@ def test_a_label_sent_to_another_replica_finds_a_request_still_on_its_way_from_a
     from lakeloop.serving import feedback
     from lakeloop.serving.feedback import FeedbackBook, UnknownRequestError
 
-    monkeypatch.setattr(feedback, "SPOOL_GRACE_S", 1.0)
+    monkeypatch.setattr(feedback, "SPOOL_GRACE_S", 0.0)  # no sibling spool on the node: no wait
+    monkeypatch.setattr(feedback, "SIBLING_GRACE_S", 1.0)
 
     ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), ray_namespace="spool-tests-label")
 
@@ -165,10 +166,15 @@ def test_a_label_sent_to_another_replica_finds_a_request_still_on_its_way_from_a
         start = answering.start
         answering.start = lambda: None  # nothing shipped yet
         other = LogShipper(ll, spool_root=tmp_path / "spool")
-        book = FeedbackBook(ll, recent=other.recent)
+        alone = LogShipper(ll, spool_root=tmp_path / "alone")
+        assert other.siblings() and answering.siblings() and not alone.siblings()
+        alone.spool.close()
+        book = FeedbackBook(ll, recent=other.recent, siblings=other.siblings)
         with pytest.raises(UnknownRequestError):  # a made-up id is still a 404 (after the grace)
             await book.find("f" * 32)
-        feedback.SPOOL_GRACE_S = 60.0  # a loaded machine's Ray calls can take seconds: the wait, not its length
+        # found only by waiting because a sibling spool is there; a loaded machine's Ray calls can take
+        # seconds: the wait, not its length, is what this checks
+        feedback.SIBLING_GRACE_S = 60.0
         await answering.log(INFERENCE, records(["r-1"]))  # answered 2xx, in the spool only
 
         async def ship_late():

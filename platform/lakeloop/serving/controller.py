@@ -30,6 +30,7 @@ from lakeloop.serving.policy import (TrafficPolicy, check_deploy_request, check_
 
 HISTORY = "serving.traffic"
 FOLLOW_POLL_S = 1.0  # how often the registry's aliases are read for versions that follow one
+REPLICA_SEEN_S = 5.0  # an ingress replica that has not read the state this long is not counted (it polls 4/s)
 # fast mode: a version's own deployment (the ingress replicas' fallback) starts once an ingress replica has
 # loaded the version itself, so its replicas' start does not slow that load (2 cores); at the latest after this
 FALLBACK_WAIT_S = 30.0
@@ -63,17 +64,28 @@ class ServingController:
         self.loading = threading.Lock()
         self.fallbacks: dict[str, tuple] = {}  # app name -> (its Serve app, state version it waits for, since)
         self.applied = 0  # the newest state version an ingress replica has said it serves
+        self.replicas: dict[str, tuple[int, float]] = {}  # ingress replica -> (state version it serves, when said)
         self._stop = threading.Event()
         threading.Thread(target=self._follow_loop, name="lakeloop-follow-aliases", daemon=True).start()
 
     # -- reads -------------------------------------------------------------------
-    def snapshot(self, known_version: int = -1) -> dict | None:
+    def snapshot(self, known_version: int = -1, replica: str | None = None) -> dict | None:
         """The serving state, or None when ``known_version`` (what the asking ingress replica serves) is it."""
         with self.lock:
             self.applied = max(self.applied, known_version)
+            if replica is not None:
+                self.replicas[replica] = (known_version, time.monotonic())
             if known_version == self.state["version"]:
                 return None
             return copy.deepcopy(self.state)
+
+    def serving(self, version: int) -> dict:
+        """How many live ingress replicas serve state ``version`` (or newer), of how many live ones."""
+        now = time.monotonic()
+        with self.lock:
+            live = {r: v for r, (v, at) in self.replicas.items() if now - at <= REPLICA_SEEN_S}
+            self.replicas = {r: self.replicas[r] for r in live}
+        return {"serving": sum(1 for v in live.values() if v >= version), "live": len(live)}
 
     def status(self) -> dict:
         out = self.snapshot()

@@ -193,8 +193,9 @@ class Ingress:
         self.feedback_token = self.ll.config.serve.feedback_token  # None: feedback needs no token
         self.logbook = logbook.LogShipper(self.ll)  # answers wait until their log records are spooled (fsync'd)
         self.feedback_book = fb.FeedbackBook(self.ll, getattr(self.ll.config.serve, "feedback_window_s", fb.WINDOW_S),
-                                             recent=self.logbook.recent)
+                                             recent=self.logbook.recent, siblings=self.logbook.siblings)
         self.state_version = -1
+        self.replica_id = uuid.uuid4().hex[:12]  # named in state reads: the controller knows who serves what
         self.models: dict[str, dict] = {}
         self.handles: dict[tuple[str, int], object] = {}
         self.shadow_stats: dict[tuple[str, int], dict] = {}
@@ -262,7 +263,7 @@ class Ingress:
         import ray
 
         controller = ray.get_actor(self.controller_name, namespace=self.namespace)
-        snap = await controller.snapshot.remote(self.state_version)
+        snap = await controller.snapshot.remote(self.state_version, self.replica_id)
         if snap is None:
             return
         models = snap["models"]

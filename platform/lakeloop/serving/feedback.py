@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 WINDOW_S = 7 * 24 * 3600.0  # default feedback window: labels for predictions up to a week old
 MAX_INDEXED = 100_000  # recent requests an ingress replica remembers (older ones are looked up in the log)
 SPOOL_GRACE_S = 1.0  # how long a label for an unknown id waits for the writer to hear of it (from a spool)
+# ... where another ingress replica on this node has a spool (alive, or dead and not yet adopted): longer than
+# a sibling's adoption of a dead replica's spool (logbook.SPOOL_SCAN_S) plus a writer's restart
+SIBLING_GRACE_S = 5.0
 LOOKUPS = 2  # concurrent lookups of unknown request ids in logs.inference, per ingress replica
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 FIELDS = ("request_id", "label", "labels", "row", "reason")
@@ -194,9 +197,11 @@ def _show(value) -> str:
 class FeedbackBook:
     """Recent requests of one ingress replica, bounded; the log answers for older ones."""
 
-    def __init__(self, ll: "Lakeloop", window_s: float = WINDOW_S, max_indexed: int = MAX_INDEXED, recent=None):
+    def __init__(self, ll: "Lakeloop", window_s: float = WINDOW_S, max_indexed: int = MAX_INDEXED, recent=None,
+                 siblings=None):
         self.ll = ll
         self.recent = recent  # async request_id -> dict | None: the log writer's recent requests (any replica)
+        self.siblings = siblings  # () -> bool: another ingress replica on this node has a spool
         self.window_s, self.max_indexed = float(window_s), int(max_indexed)
         self.index: OrderedDict[str, Served] = OrderedDict()
         self._lookups = None  # at most LOOKUPS scans of the log at once (made in the event loop)
@@ -223,7 +228,8 @@ class FeedbackBook:
             if found is None:
                 async with self._lookups:  # made-up ids cost a scan each: never more than LOOKUPS threads
                     found = await asyncio.to_thread(self._from_logs, request_id)
-            deadline = time.monotonic() + SPOOL_GRACE_S
+            grace = SIBLING_GRACE_S if self.siblings is not None and self.siblings() else SPOOL_GRACE_S
+            deadline = time.monotonic() + grace
             while found is None and unreachable is None and time.monotonic() < deadline:
                 # answered by another replica a moment ago, its records still on their way from that replica's
                 # spool (its shipper retries a restarted writer every logbook.RETRY_MAX_S): ask again

@@ -41,6 +41,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -435,6 +436,13 @@ class LogShipper:
                 self._wake.set()
 
     # -- shipping ------------------------------------------------------------------------
+    def siblings(self) -> bool:
+        """Whether another ingress replica on this node has a spool (alive, or dead and not yet adopted)."""
+        try:
+            return any(e.is_dir() and Path(e.path) != self.spool.folder for e in os.scandir(self.spool_root))
+        except OSError:
+            return False
+
     def start(self) -> None:
         """Start shipping (and adopting orphaned spools), if not running; call on the event loop (the ingress
         calls it before its first request)."""

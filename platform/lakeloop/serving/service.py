@@ -327,16 +327,31 @@ class Serving:
         return result
 
     def _wait_applied(self, state_version: int, timeout_s: float = 30) -> None:
+        """Return once every ingress replica (``serve.ingress_replicas`` of them) serves ``state_version``.
+
+        A replica reads the state on its first request and then polls it: the health checks sent here,
+        spread over the replicas by the ingress, wake those that had none yet."""
+        import ray
+
+        controller = self._controller()
+        want = self.ll.config.serve.ingress_replicas
         deadline = time.monotonic() + timeout_s
+        seen = None
         while time.monotonic() < deadline:
             try:
-                if http_json("GET", f"{self.url}/healthz", timeout=5)["state_version"] >= state_version:
-                    return
+                http_json("GET", f"{self.url}/healthz", timeout=5)
             except ConnectError:
                 return  # the ingress is not up (yet): it reads the state when it starts
+            seen = ray.get(controller.serving.remote(state_version))
+            if seen["serving"] >= want:
+                return
             time.sleep(0.05)
-        raise ConnectError(f"the ingress at {self.url} did not apply serving state {state_version} "
-                           f"within {timeout_s} s")
+        if seen and seen["serving"]:  # e.g. a replica restarting after its death: it reads the state when up
+            logging.getLogger("lakeloop.serving").warning(
+                "%d of %d ingress replicas serve state %d after %g s", seen["serving"], want, state_version, timeout_s)
+            return
+        raise ConnectError(f"no ingress replica at {self.url} served serving state {state_version} within "
+                           f"{timeout_s} s")
 
     def deploy(self, model: str, version: int | str | None = None, *, weight: float | None = None,
                shadow: bool = False) -> dict:
