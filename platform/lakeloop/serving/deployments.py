@@ -205,7 +205,9 @@ class Ingress:
         self._first: asyncio.Future | None = None  # the first state read, shared by requests that wait for it
         self._background: set[asyncio.Task] = set()  # shadow calls and their log writes
         # fast mode: this replica also holds each live version and answers without a second hop
-        self.in_process = config["serve"].get("mode", "fast") == "fast" or bool(config["serve"].get("in_process"))  # controller.in_process
+        from lakeloop.serving.controller import in_process
+
+        self.in_process = in_process(self.ll.config)
         self.local_models: dict[tuple[str, int], object] = {}
         if self.in_process:  # loading a version imports mlflow's pyfunc: done while this replica starts
             threading.Thread(target=_import_pyfunc, name="lakeloop-import-pyfunc", daemon=True).start()

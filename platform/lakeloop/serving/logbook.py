@@ -37,11 +37,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import OrderedDict
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
