@@ -63,7 +63,6 @@ class ServingController:
         self.loadable: set[str] = set()  # versions (URIs) loaded here once: artifacts of a version never change
         self.loading = threading.Lock()
         self.fallbacks: dict[str, tuple] = {}  # app name -> (its Serve app, state version it waits for, since)
-        self.applied = 0  # the newest state version an ingress replica has said it serves
         self.replicas: dict[str, tuple[int, float]] = {}  # ingress replica -> (state version it serves, when said)
         self._stop = threading.Event()
         threading.Thread(target=self._follow_loop, name="lakeloop-follow-aliases", daemon=True).start()
@@ -72,7 +71,6 @@ class ServingController:
     def snapshot(self, known_version: int = -1, replica: str | None = None) -> dict | None:
         """The serving state, or None when ``known_version`` (what the asking ingress replica serves) is it."""
         with self.lock:
-            self.applied = max(self.applied, known_version)
             if replica is not None:
                 self.replicas[replica] = (known_version, time.monotonic())
             if known_version == self.state["version"]:
@@ -112,8 +110,9 @@ class ServingController:
         now = time.monotonic() if now is None else now
         with self.changes:  # not between a retire's state change and its delete of the app
             with self.lock:
+                applied = max((v for v, _ in self.replicas.values()), default=-1)  # the newest an ingress serves
                 due = {name: app for name, (app, needed, since) in self.fallbacks.items()
-                       if self.applied >= needed or now - since >= FALLBACK_WAIT_S}
+                       if applied >= needed or now - since >= FALLBACK_WAIT_S}
                 for name in due:
                     del self.fallbacks[name]
             if due:
@@ -209,16 +208,14 @@ class ServingController:
         return {c.name: {"type": str(getattr(c.type, "name", c.type)), "required": bool(c.required)}
                 for c in schema.inputs.inputs if c.name}, label
 
-    def prepare(self, deploy: list) -> list[str]:
+    def prepare(self, deploy: list) -> None:
         """What ``deploy`` of these ``(model, ref)`` pairs will check, done now (the registry read, the load),
-        while Serve starts; returns what failed (``deploy`` raises it again). Called by ``serve up``."""
-        failed = []
+        while Serve starts. Called by ``serve up``, which does not wait for it."""
         for model, ref in deploy:
             try:
                 self._check_loads(f"models:/{model}/{int(self._resolve(model, ref).version)}")
-            except Exception as exc:
-                failed.append(f"{model}: {type(exc).__name__}: {exc}"[:500])
-        return failed
+            except Exception:  # deploy raises it again, where it is reported
+                continue
 
     def _check_loads(self, uri: str) -> None:
         """Raise :class:`ModelLoadError` naming why when the version's pyfunc cannot be loaded."""
