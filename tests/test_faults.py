@@ -122,7 +122,7 @@ def test_a_kill_fails_at_most_the_requests_in_flight_and_never_with_a_bare_5xx(f
     kills = fault_run["kills"]
     assert set(kills) == {"writer", "ingress", "model"}, kills
     # deploy returns once both ingress replicas serve the version: no request of the load before the kills failed
-    assert fault_run["warmup_failed"] == 0, [e for e in fault_run["events"] if e[3] != 200][:10]
+    assert fault_run["warmup_failed"] == 0, [(e[0], e[3], e[7]) for e in fault_run["events"] if e[3] != 200][:10]
     failures = [e for e in fault_run["events"] if e[3] != 200]
     for what, k in kills.items():
         assert k["answered_2xx"] > 0 and k["max_gap_s"] is not None, (what, k)

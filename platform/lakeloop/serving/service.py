@@ -330,7 +330,10 @@ class Serving:
         """Return once every ingress replica (``serve.ingress_replicas`` of them) serves ``state_version``.
 
         A replica reads the state on its first request and then polls it: the health checks sent here,
-        spread over the replicas by the ingress, wake those that had none yet."""
+        spread over the replicas by the ingress, wake those that had none yet. A health check that cannot
+        connect means no ingress only when no replica has read the state lately: haproxy reloads (as
+        a version's app starts) drop connections for a moment while the replicas are up.
+        """
         import ray
 
         controller = self._controller()
@@ -338,13 +341,16 @@ class Serving:
         deadline = time.monotonic() + timeout_s
         seen = None
         while time.monotonic() < deadline:
-            try:
-                http_json("GET", f"{self.url}/healthz", timeout=5)
-            except ConnectError:
-                return  # the ingress is not up (yet): it reads the state when it starts
             seen = ray.get(controller.serving.remote(state_version))
             if seen["serving"] >= want:
                 return
+            try:
+                http_json("GET", f"{self.url}/healthz", timeout=5)
+            except ConnectError:
+                if not seen["live"]:
+                    return  # the ingress is not up (yet): it reads the state when it starts
+            except LakeloopError:  # an error answer (e.g. 503 while haproxy has no live backend): poll on
+                pass
             time.sleep(0.05)
         if seen and seen["serving"]:  # e.g. a replica restarting after its death: it reads the state when up
             logging.getLogger("lakeloop.serving").warning(
