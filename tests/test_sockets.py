@@ -73,8 +73,8 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
     ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), online_port=free_port(), ray_namespace="socket-tests")
     assert ll.config.serve.ingress == "haproxy"  # the default, started as ll.serving.up starts it
     node = ray_session.get_runtime_context().get_node_id()
-    serve.start(http_options={"host": "127.0.0.1", "port": port},
-                controller_options={"runtime_env": {"env_vars": serve_env(ll.config)}})
+    env = serve_env(ll.config)
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, controller_options={"runtime_env": {"env_vars": env}})
     try:
         serve.run(Echo.bind(), name="socket-echo", route_prefix="/echo")
         deadline = time.monotonic() + 120
@@ -98,6 +98,11 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
     ports = {p for _, _, _, p in found}
     assert port in ports and ll.config.online.port in ports, "the Serve proxy and the online store were listed"
     assert len(found) >= 8, found  # GCS, raylet (2), agents, workers, haproxy (3), replica, online store
+    # the Python proxy haproxy falls back to listens on a port of its own: on Ray's fixed 8500 (SO_REUSEPORT)
+    # every Serve on the machine would share it, and a request could reach another Serve's app
+    fallback = int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"])
+    assert any(p == fallback and name.startswith("ray::ProxyActor") for _, name, _, p in found), found
+    assert 8500 not in ports, found
     wide = [s for s in found if not is_loopback(s[2])]
     assert not wide, f"sockets beyond loopback: {wide}"
     # Serve's processes run at this process's priority (serve_env: RAY_worker_niceness=0); other Ray workers

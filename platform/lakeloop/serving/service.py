@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lakeloop.errors import ConfigError, ConnectError, LakeloopError
-from lakeloop.ports import free_port
+from lakeloop.ports import free_ports
 
 if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
@@ -52,6 +52,7 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
                           "extra on Linux, or haproxy on PATH); set serve.ingress: proxy for Serve's Python proxy")
     if not os.access(HAPROXY_WRAPPER, os.X_OK):
         HAPROXY_WRAPPER.chmod(0o755)
+    stats, metrics, fallback_http, fallback_grpc = free_ports(4, host)
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
             "HAPROXY_LOOPBACK_BINARY": binary, "HAPROXY_LOOPBACK_HOST": host,
             # an old haproxy drains idle keep-alive connections until this (Ray's default 120 s made a
@@ -63,8 +64,13 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_LOG_TARGET": os.environ.get("RAY_SERVE_HAPROXY_LOG_TARGET", "/dev/null"),
             # read by the replicas too (they inherit the controller's runtime_env)
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(HAPROXY_DRAIN_S),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(host)),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(host)),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+            # haproxy sends a request to Serve's Python proxy while the ingress has no live replica (at
+            # start, after a death); that proxy listens on a fixed port (8500) with SO_REUSEPORT, so every
+            # Serve on the machine shared it and the kernel handed such requests to any of them: a server
+            # starting answered with another Serve's model (seen in bench/serving.py: four Rays on one box)
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
             **({} if max_body is None else {"HAPROXY_LOOPBACK_MAX_BODY": str(int(max_body))})}
 
 
