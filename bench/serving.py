@@ -18,8 +18,6 @@ worst round's), errors (non-2xx and socket errors). Servers:
 - ``lakeloop_isolated``: ``serve.mode: isolated`` (one hop to the version's deployment);
 - ``mlflow_models_serve``; ``ray_serve_proxy`` / ``ray_serve_haproxy``: one plain
   Serve deployment holding the model, behind Serve's Python proxy / HAProxy;
-  Serve's processes at nice 0 as lakeloop starts them (Ray's default for its
-  workers is 15; every server here runs at normal priority);
 - ``fastapi_floor``: the model in a bare FastAPI + uvicorn process.
 
 Also the start: ``lakeloop serve up -m bench`` and ``mlflow models serve`` are
@@ -112,11 +110,9 @@ PLAIN_SERVE = textwrap.dedent('''
             return {"predictions": self.model.predict(pd.DataFrame(body["rows"])).to_dict("records")}
 
     start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    # Serve's processes at normal priority, as lakeloop runs them (Ray nices its workers to 15)
-    env = {"RAY_worker_niceness": "0",
-           **(haproxy_env("127.0.0.1") if os.environ.get("BENCH_HAPROXY") == "1" else {})}
+    env = haproxy_env("127.0.0.1") if os.environ.get("BENCH_HAPROXY") == "1" else None
     serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ["BENCH_PORT"])},
-                controller_options={"runtime_env": {"env_vars": env}})
+                controller_options={"runtime_env": {"env_vars": env}} if env else None)
     serve.run(Plain.bind(os.environ["BENCH_MODEL_PATH"]), name="plain", route_prefix="/predict")
     print("READY", flush=True)
     sys.stdin.read()  # until the benchmark closes our stdin

@@ -2,8 +2,7 @@
 proxy and replicas, the online store) and of a head started with the README's `ray start` line.
 
 Sockets are listed with psutil over the process tree; TCP sockets in LISTEN state and bound
-UDP sockets count. A failed local Ray start is a ConnectError and frees what it bound. Serve's
-processes, started as lakeloop starts Serve, run at normal priority beside Ray's niced workers.
+UDP sockets count. A failed local Ray start is a ConnectError and frees what it bound.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 
-import psutil
 import pytest
 
 from conftest import BIN, free_port
@@ -61,7 +59,7 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
             return os.getpid()
 
     worker = Worker.remote()
-    worker_pid = ray_session.get(worker.ping.remote(), timeout=120)
+    ray_session.get(worker.ping.remote(), timeout=120)
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.05})
     class Echo:
@@ -88,8 +86,6 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
                 time.sleep(0.5)
         online.start(ll)
         found = listening(os.getpid())
-        niceness = serve_niceness(os.getpid())
-        worker_nice = psutil.Process(worker_pid).nice()
     finally:
         online.stop(ll)
         serve.shutdown()
@@ -105,26 +101,6 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
     assert 8500 not in ports, found
     wide = [s for s in found if not is_loopback(s[2])]
     assert not wide, f"sockets beyond loopback: {wide}"
-    # Serve's processes run at this process's priority (serve_env: RAY_worker_niceness=0); other Ray workers
-    # keep Ray's default of 15 above it
-    mine = os.nice(0)
-    assert {"ray::ServeController", "ray::ServeReplica:socket-echo:Echo", "haproxy"} <= {n for n, _ in niceness}
-    assert all(nice == mine for _, nice in niceness), niceness
-    assert worker_nice == min(19, mine + 15), worker_nice
-
-
-def serve_niceness(root_pid: int) -> list[tuple[str, int]]:
-    """(name, niceness) of Serve's controller, replicas, proxies and haproxy in the process tree."""
-    out = []
-    for proc in psutil.Process(root_pid).children(recursive=True):
-        try:
-            cmd = proc.cmdline()
-            name = cmd[0].split("/")[-1].split(".")[0] if cmd else ""
-            if name.startswith(("ray::Serve", "ray::HAProxyManager", "ray::ProxyActor", "haproxy")):
-                out.append((name, proc.nice()))
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-    return out
 
 
 def test_a_head_started_with_the_documented_line_listens_only_on_loopback(ray_head):

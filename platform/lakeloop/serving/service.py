@@ -79,16 +79,7 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
 # RAY_SERVE_THROUGHPUT_OPTIMIZED also makes), the fast-mode ingress answered c=1 p50 11.6-11.9 ms instead of
 # 13.5-14.9 ms and c=8 270-306 req/s instead of 191-233 here (one model, HAProxy, ad-hoc runs). A model
 # call now blocks that replica's loop while it runs, as a sync model call did its user loop before.
-#
-# Ray starts its worker processes at nice 15 (RAY_worker_niceness) so that its own daemons stay responsive
-# beside heavy tasks; a serving process is a web server, and at nice 15 any nice-0 process that wakes
-# (a raylet, a dashboard agent, another server on the box) takes the core from it for its whole slice: the
-# ingress's model call took 12.3 ms wall for 6.7 ms CPU (c=1, HAProxy, one model, ad-hoc runs), 6.3-7.0 ms
-# for 5.7 ms at nice 0. Serve's processes (controller, proxies, haproxy, replicas) get nice 0; lakeloop's
-# other actors (the log writer, the serving controller, training) keep Ray's default. An operator's own
-# RAY_worker_niceness (set where serve up runs) is kept.
-SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-             "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0")}
+SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
 def serve_env(cfg) -> dict[str, str]:
