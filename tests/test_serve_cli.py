@@ -113,8 +113,10 @@ def test_serve_up_then_deploy_promote_rollback_from_the_cli(registered, tmp_path
         assert {ll.serving.predict("fraud", [ROW])["version"] for _ in range(10)} == {v1}
         rid = ll.serving.predict("fraud", [ROW])["request_id"]
     finally:
-        code = stop(proc)
+        code = stop(proc, signal.SIGTERM)  # a supervisor's stop (systemd, docker): the same cleanup as Ctrl-C
     assert code == 0, output(proc)
+    with pytest.raises(OSError):  # Serve's haproxy went with it (Python's default SIGTERM left it on the port)
+        socket.create_connection(("127.0.0.1", ll.config.serve.port), timeout=2).close()
     # graceful shutdown flushed the inference log: every answered request is in the lake
     log = ll.lake.table("logs.inference").to_pandas()
     assert rid in set(log["request_id"]) and len(log[log["route"] == "primary"]) >= 51

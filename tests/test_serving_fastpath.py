@@ -57,6 +57,58 @@ def test_unknown_modes_are_config_errors_that_name_the_setting():
         check_modes(lakeloop.connect(lake_root="/tmp/unused-lake", serve_mode="speedy").config)
     with pytest.raises(ConfigError, match="serve.ingress"):
         check_modes(lakeloop.connect(lake_root="/tmp/unused-lake", serve_ingress="nginx").config)
+    for wait in (-1, 101, float("nan")):
+        with pytest.raises(ConfigError, match="serve.batch_wait_ms must be between 0 and 100"):
+            check_modes(lakeloop.connect(lake_root="/tmp/unused-lake", serve_batch_wait_ms=wait).config)
+    check_modes(lakeloop.connect(lake_root="/tmp/unused-lake", serve_batch_wait_ms=0).config)  # never waits
+
+
+def asgi_call(app, method: str, path: str, body: bytes = b"", root_path: str = "") -> tuple[int, bytes]:
+    """One HTTP request through an ASGI app, in this process: (status, body)."""
+    import asyncio
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+             "raw_path": path.encode(), "root_path": root_path, "query_string": b"", "scheme": "http",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80)}
+    sent: list = []
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_the_predict_route_skips_fastapis_router_and_every_other_request_goes_through_it(monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    from lakeloop.serving import deployments
+
+    class Replica:
+        async def predict(self, name, request):
+            return JSONResponse({"fast": name, "body": await request.json()})
+
+    router = Starlette(routes=[Route("/{rest:path}", lambda request: PlainTextResponse("router"),
+                                     methods=["GET", "POST"])])
+    app = deployments.PredictFastPath(router)
+    assert asgi_call(app, "POST", "/v1/models/fraud/predict", b"{}") == (200, b"router")  # no Ingress here yet
+    monkeypatch.setattr(deployments, "_serving", [Replica()])
+    status, body = asgi_call(app, "POST", "/v1/models/fraud/predict", b'{"rows": [1]}')
+    assert (status, json.loads(body)) == (200, {"fast": "fraud", "body": {"rows": [1]}})
+    for method, path in (("GET", "/v1/models/fraud/predict"), ("POST", "/v1/models/fraud/predict/x"),
+                         ("POST", "/v1/models//predict"), ("POST", "/v1/feedback"), ("GET", "/healthz")):
+        assert asgi_call(app, method, path) == (200, b"router"), (method, path)
+    # Serve's root_path "/" under route prefix "/", and a prefix the router takes off, as Starlette does
+    assert json.loads(asgi_call(app, "POST", "/v1/models/m/predict", b"{}", root_path="/")[1])["fast"] == "m"
+    assert json.loads(asgi_call(app, "POST", "/api/v1/models/m/predict", b"{}", root_path="/api")[1])["fast"] == "m"
+    assert asgi_call(app, "POST", "/apiv1/models/m/predict", b"{}", root_path="/api") == (200, b"router")
 
 
 def test_without_a_haproxy_binary_the_ingress_setting_is_named(monkeypatch):

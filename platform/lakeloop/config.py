@@ -71,6 +71,9 @@ class ServeConfig:
     replica_cpus: float = 0.125  # per replica (ingress and model versions)
     replicas: int = 2  # per served model version: one may die and its requests are retried on another
     ingress_replicas: int = 1  # 2 keep the endpoint answering through an ingress replica's death
+    # fast mode: with other requests in flight in an ingress replica, a model call waits up to this long for
+    # them to join its batch (0: never waits); a lone request never waits
+    batch_wait_ms: float = 2.0
     in_process: bool = False  # kept for old configs: true is mode "fast"
     # "fast": each ingress replica loads the live versions and answers without a hop (isolation by several
     # ingress replicas); "isolated": each version in its own deployment, one Ray hop per request

@@ -67,12 +67,27 @@ def _cell(v: Any) -> str:
 
 
 def run_until(seconds: float | None) -> None:
-    """Block until ``seconds`` have passed (``None``: until Ctrl-C)."""
+    """Block until ``seconds`` have passed (``None``: until stopped), Ctrl-C or SIGTERM.
+
+    SIGTERM is how a supervisor (systemd, docker, kubernetes, ``kill``) stops a process: it ends the wait as
+    Ctrl-C does, so the caller's cleanup runs (``serve up`` flushes the inference log and stops Serve and its
+    haproxy; without this, Python's default SIGTERM left haproxy holding the port and Ray's agents running).
+    A second SIGTERM during that cleanup stops the process at once.
+    """
+    import signal
+    import threading
     import time
 
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     deadline = None if seconds is None else time.monotonic() + seconds
     try:
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

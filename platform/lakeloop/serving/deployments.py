@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from datetime import datetime, timezone
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import Request as PlainRequest
 from ray import serve
 
 from lakeloop.errors import AuthError, ConnectError, LakeloopError, ModelNotServedError, ServiceUnavailableError
@@ -32,7 +34,7 @@ from lakeloop.serving.validation import InputSchema, Limits, MalformedRequest, c
 
 POLL_S = 0.25
 SHADOW_TIMEOUT_S = 10.0
-MAX_BATCH = 64  # requests predicted together by one model call in fast mode (what is queued, no waiting)
+MAX_BATCH = 64  # requests predicted together by one model call in fast mode
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -177,6 +179,48 @@ class ModelServer:
 
 api = FastAPI(title="lakeloop serving", version="1",
               description="Predictions from registered model versions, with traffic splitting and logging.")
+PREDICT_PATH = re.compile(r"/v1/models/([^/]+)/predict")
+_serving: list = []  # this process's Ingress (Serve runs one replica per process), for the predict fast path
+
+
+class PredictFastPath:
+    """``POST /v1/models/{name}/predict`` straight to this replica's :meth:`Ingress.predict`, past FastAPI's
+    router, dependency solving and exception middleware (a tenth of the replica's CPU per request at c=8
+    here); every other request goes through FastAPI as before. It sits inside FastAPI's outer middleware,
+    so its body limit and its 500 for an error the route does not answer itself apply as they did."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        serving = _this_module()._serving
+        if serving and scope["type"] == "http" and scope["method"] == "POST":
+            match = PREDICT_PATH.fullmatch(route_path(scope))
+            if match:
+                response = await serving[0].predict(match.group(1), PlainRequest(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(PredictFastPath)
+
+
+def _this_module():
+    """This module as imported: Serve ships the app and the deployment class to the replica by value
+    (cloudpickle), each with its own copy of this module's globals, so they meet here instead."""
+    import lakeloop.serving.deployments as module
+
+    return module
+
+
+def route_path(scope) -> str:
+    """The path the app's routes match against, as Starlette's router finds it: ``root_path`` taken off
+    only where it is followed by a ``/`` (Serve sets ``root_path`` to ``/`` under route prefix ``/``)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] == "/":
+        return path[len(root):]
+    return path
 
 
 @serve.deployment(max_ongoing_requests=64, graceful_shutdown_timeout_s=20)
@@ -189,6 +233,7 @@ class Ingress:
         self.ll = lakeloop.connect(config)
         self.controller_name, self.namespace = controller_name, namespace
         self.admin_token = admin_token
+        _this_module()._serving[:] = [self]
         self.limits = Limits(max_rows=config["serve"]["max_rows"], max_bytes=config["serve"]["max_bytes"])
         self.feedback_token = self.ll.config.serve.feedback_token  # None: feedback needs no token
         self.logbook = logbook.LogShipper(self.ll)  # answers wait until their log records are spooled (fsync'd)
@@ -200,6 +245,8 @@ class Ingress:
         self.handles: dict[tuple[str, int], object] = {}
         self.shadow_stats: dict[tuple[str, int], dict] = {}
         self.rng = random.Random()
+        self.inflight = 0  # predict requests in this replica now (received, not yet answered)
+        self.batch_wait_s = self.ll.config.serve.batch_wait_ms / 1000
         self._metrics()
         self._poller = None
         self._first: asyncio.Future | None = None  # the first state read, shared by requests that wait for it
@@ -300,7 +347,7 @@ class Ingress:
         any other exception is the model's own failure on this input.
         """
         if key in self.local_models:
-            out = await self._predict_local((key, rows))
+            out = await self._batched(key, rows)
             if isinstance(out, BaseException):
                 raise out
             return out
@@ -319,9 +366,21 @@ class Ingress:
                 f"model {key[0]} v{key[1]} is unavailable: its replica died during the request and the retry "
                 f"failed too ({type(first).__name__}, then {type(exc).__name__}); retry shortly") from None
 
+    def _batched(self, key: tuple[str, int], rows: list[dict]):
+        """Queue rows for the version's next model call (an awaitable of their answers, or of their exception).
+
+        A model call costs about the same for 1 row as for 8 (the pipeline's fixed cost), so under load a
+        batch waits up to ``serve.batch_wait_ms`` for the requests this replica is already handling to
+        join it; a lone request (nothing else in flight here) is predicted at once. At c=8 here the 2 ms
+        wait made the average batch 7.5-7.8 requests instead of 4.4-5.1 and cut the replica's CPU per
+        request by a quarter (README, Serving).
+        """
+        self._predict_local.set_batch_wait_timeout_s(self.batch_wait_s if self.inflight > 1 else 0.0)
+        return self._predict_local((key, rows))
+
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0)
     async def _predict_local(self, items: list[tuple]) -> list:
-        """Requests queued while the model was busy are predicted together (one call per version)."""
+        """Requests queued together are predicted together (one call per version); see :meth:`_batched`."""
         return predict_grouped(self.local_models, items)
 
     # -- helpers -----------------------------------------------------------------
@@ -411,7 +470,7 @@ class Ingress:
         t0 = time.perf_counter()
         try:
             if (name, version) in self.local_models:  # fast mode: predicted here, batched with other requests
-                out = await asyncio.wait_for(self._predict_local(((name, version), rows)), SHADOW_TIMEOUT_S)
+                out = await asyncio.wait_for(self._batched((name, version), rows), SHADOW_TIMEOUT_S)
                 if isinstance(out, BaseException):
                     raise out
             else:  # its own replica
@@ -493,6 +552,13 @@ class Ingress:
     @api.post("/v1/models/{name}/predict", openapi_extra=bodies.openapi_body(bodies.PREDICT_SCHEMA))
     async def predict(self, name: str, request: Request):
         """Predict for ``{"rows": [{...}], "routing_key": optional}``; rows hold features and/or entity ids."""
+        self.inflight += 1
+        try:
+            return await self._predict(name, request)
+        finally:
+            self.inflight -= 1
+
+    async def _predict(self, name: str, request: Request):
         await self._ensure_state()
         try:
             request_id = self._request_id(request)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 INGRESS_APP = "lakeloop"
 MODES = ("fast", "isolated")
 INGRESSES = ("haproxy", "proxy")
+MAX_BATCH_WAIT_MS = 100  # a longer wait only adds latency: a batch fills from the requests already in flight
 HAPROXY_WRAPPER = Path(__file__).with_name("haproxy_loopback.sh")
 # behind HAProxy, Serve holds a stopping ingress replica open this long so the load balancer can drop it
 # (Ray's default, 30 s, is sized for cloud load balancers; each app's stop took ~31 s, `serve up`'s Ctrl-C
@@ -403,6 +404,8 @@ def check_modes(cfg) -> None:
         raise ConfigError(f"serve.mode must be one of {', '.join(MODES)}, got {cfg.serve.mode!r}")
     if cfg.serve.ingress not in INGRESSES:
         raise ConfigError(f"serve.ingress must be one of {', '.join(INGRESSES)}, got {cfg.serve.ingress!r}")
+    if not 0 <= cfg.serve.batch_wait_ms <= MAX_BATCH_WAIT_MS:
+        raise ConfigError(f"serve.batch_wait_ms must be between 0 and {MAX_BATCH_WAIT_MS}, got {cfg.serve.batch_wait_ms}")
 
 
 def _serve_running() -> bool:
