@@ -405,7 +405,8 @@ def check_modes(cfg) -> None:
     if cfg.serve.ingress not in INGRESSES:
         raise ConfigError(f"serve.ingress must be one of {', '.join(INGRESSES)}, got {cfg.serve.ingress!r}")
     if not 0 <= cfg.serve.batch_wait_ms <= MAX_BATCH_WAIT_MS:
-        raise ConfigError(f"serve.batch_wait_ms must be between 0 and {MAX_BATCH_WAIT_MS}, got {cfg.serve.batch_wait_ms}")
+        raise ConfigError(f"serve.batch_wait_ms must be between 0 and {MAX_BATCH_WAIT_MS}, "
+                          f"got {cfg.serve.batch_wait_ms}")
 
 
 def _serve_running() -> bool:
