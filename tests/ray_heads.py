@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Callable
 
 from conftest import BIN, clean_env
+from lakeloop.client import SLOW_START_ENV
 from lakeloop.ports import free_ports  # below the ephemeral range: see lakeloop/ports.py
 
-# the README's line for a single-machine head (Configuration), plus ports of its own for the test
-HEAD_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# the README's line for a single-machine head (Configuration), plus ports of its own for the test, and the
+# agent waits lakeloop's own local Ray sets: in clean-clone `make test` runs on the loaded 2-core box the
+# head's raylet aborted ("Timed out waiting for file .../dashboard_agent_listen_port_...", 17 s after it
+# started its agent, which registered 30 s later) and the job tests that share the head failed
+HEAD_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **SLOW_START_ENV}
 HEAD_ARGS = ["start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1"]
 
 

@@ -149,6 +149,35 @@ def test_a_full_spool_answers_503_and_takes_nothing(tmp_path, ray_session):
     assert shipper.spool.close() is False  # kept on disk for the next replica
 
 
+def test_a_label_finds_a_request_a_sibling_answered_in_that_siblings_spool_with_no_wait(tmp_path, monkeypatch):
+    """The answering replica's shipper never runs (a writer slow for longer than any grace): the label is
+    checked against the sibling's spool, which keeps the records until the writer has them; no 404."""
+    from lakeloop.serving import feedback
+    from lakeloop.serving.feedback import FeedbackBook, UnknownRequestError
+
+    monkeypatch.setattr(feedback, "SPOOL_GRACE_S", 0.0)
+    monkeypatch.setattr(feedback, "SIBLING_GRACE_S", 0.0)
+    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"))
+
+    async def go():
+        answering, other = (LogShipper(ll, spool_root=tmp_path / "spool") for _ in range(2))
+        answering.start = other.start = lambda: None  # nothing is shipped: no writer at all
+        two_rows = records(["r-1", "r-2"]) + [{**records(["r-1"])[0], "row": 1}]
+        await answering.log(INFERENCE, two_rows)
+        await answering.log(FEEDBACK, [{"request_id": "r-1", "row": 1, "label": "1", "time": two_rows[0]["time"]}])
+        book = FeedbackBook(ll, siblings=other.siblings, spooled=other.spooled)
+        found = await book.find("r-1")
+        with pytest.raises(UnknownRequestError):  # a made-up id is still a 404
+            await book.find("r-3")
+        assert answering.spooled("r-1") is None  # a replica's own spool is not a sibling's: its index has it
+        for shipper in (answering, other):
+            shipper.spool.close()
+        return found
+
+    found = asyncio.run(go())
+    assert (found.model, found.version, found.rows, found.labelled) == ("m", 1, 2, {1})
+
+
 @pytest.mark.timeout(180)
 def test_a_label_sent_to_another_replica_finds_a_request_still_on_its_way_from_a_spool(tmp_path, ray_session,
                                                                                       monkeypatch):

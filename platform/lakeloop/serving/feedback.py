@@ -198,10 +198,11 @@ class FeedbackBook:
     """Recent requests of one ingress replica, bounded; the log answers for older ones."""
 
     def __init__(self, ll: "Lakeloop", window_s: float = WINDOW_S, max_indexed: int = MAX_INDEXED, recent=None,
-                 siblings=None):
+                 siblings=None, spooled=None):
         self.ll = ll
         self.recent = recent  # async request_id -> dict | None: the log writer's recent requests (any replica)
         self.siblings = siblings  # () -> bool: another ingress replica on this node has a spool
+        self.spooled = spooled  # blocking request_id -> dict | None: the request in a sibling's spool (this node)
         self.window_s, self.max_indexed = float(window_s), int(max_indexed)
         self.index: OrderedDict[str, Served] = OrderedDict()
         self._lookups = None  # at most LOOKUPS scans of the log at once (made in the event loop)
@@ -228,6 +229,8 @@ class FeedbackBook:
             if found is None:
                 async with self._lookups:  # made-up ids cost a scan each: never more than LOOKUPS threads
                     found = await asyncio.to_thread(self._from_logs, request_id)
+                    if found is None and self.spooled is not None:  # answered by a sibling, not yet shipped
+                        found = _served(await asyncio.to_thread(self.spooled, request_id))
             grace = SIBLING_GRACE_S if self.siblings is not None and self.siblings() else SPOOL_GRACE_S
             deadline = time.monotonic() + grace
             while found is None and unreachable is None and time.monotonic() < deadline:
@@ -254,17 +257,7 @@ class FeedbackBook:
         return entry
 
     async def _from_writer(self, request_id: str) -> Served | None:
-        got = await self.recent(request_id) if self.recent is not None else None
-        if not got or got.get("model") is None:
-            return None
-        from datetime import datetime
-
-        try:
-            at = datetime.fromisoformat(str(got["time"])).timestamp()
-        except ValueError:
-            at = time.time()
-        return Served(str(got["model"]), int(got["version"]), int(got["rows"]), at,
-                      labelled={int(r) for r in got.get("labelled") or ()})
+        return _served(await self.recent(request_id) if self.recent is not None else None)
 
     def _from_logs(self, request_id: str) -> Served | None:
         """The request in ``logs.inference`` (primary route), with the rows ``logs.feedback`` already labels."""
@@ -286,6 +279,20 @@ class FeedbackBook:
             done = fb.to_pandas(columns=["request_id", "row"], filters=[("request_id", "=", request_id)])
             entry.labelled = {int(r) for r in done["row"]}
         return entry
+
+
+def _served(got: dict | None) -> Served | None:
+    """A request as the writer's index (or a spool read the same way) describes it."""
+    if not got or got.get("model") is None:
+        return None
+    from datetime import datetime
+
+    try:
+        at = datetime.fromisoformat(str(got["time"])).timestamp()
+    except ValueError:
+        at = time.time()
+    return Served(str(got["model"]), int(got["version"]), int(got["rows"]), at,
+                  labelled={int(r) for r in got.get("labelled") or ()})
 
 
 def rows_of(labels, served: Served) -> dict[int, object]:

@@ -178,20 +178,7 @@ class Logbook:
 
     def _index(self, table: str, records: list[dict]) -> None:
         """Remember recent requests (model, version, rows, labelled rows), bounded like the batch ids."""
-        for r in records:
-            if table == INFERENCE and r.get("route") != "primary":
-                continue
-            entry = self.requests.get(r["request_id"])
-            if entry is None:
-                if table != INFERENCE:
-                    continue
-                entry = self.requests[r["request_id"]] = {
-                    "model": r.get("model"), "version": r.get("version"), "rows": 0, "time": str(r.get("time")),
-                    "labelled": set()}
-            if table == INFERENCE:
-                entry["rows"] = max(entry["rows"], int(r.get("row") or 0) + 1)
-            else:
-                entry["labelled"].add(int(r.get("row") or 0))
+        index_requests(self.requests, table, records)
         while len(self.requests) > KNOWN_BATCHES:
             self.requests.popitem(last=False)
 
@@ -359,6 +346,25 @@ def stop_writer(ll: "Lakeloop") -> dict | None:
     return written
 
 
+def index_requests(requests: dict, table: str, records: list[dict]) -> None:
+    """Add log records to ``{request_id: {model, version, rows, time, labelled}}`` (primary predictions, and
+    the rows their labels name): what a label is checked against."""
+    for r in records:
+        if table == INFERENCE and r.get("route") != "primary":
+            continue
+        entry = requests.get(r["request_id"])
+        if entry is None:
+            if table != INFERENCE:
+                continue
+            entry = requests[r["request_id"]] = {
+                "model": r.get("model"), "version": r.get("version"), "rows": 0, "time": str(r.get("time")),
+                "labelled": set()}
+        if table == INFERENCE:
+            entry["rows"] = max(entry["rows"], int(r.get("row") or 0) + 1)
+        else:
+            entry["labelled"].add(int(r.get("row") or 0))
+
+
 class LogShipper:
     """The ingress side: log records spooled on this node's disk, then shipped to the writer.
 
@@ -442,6 +448,43 @@ class LogShipper:
             return any(e.is_dir() and Path(e.path) != self.spool.folder for e in os.scandir(self.spool_root))
         except OSError:
             return False
+
+    def spooled(self, request_id: str) -> dict | None:
+        """A primary prediction still in the spool of another ingress replica on this node (alive, or dead and
+        not yet adopted), as :meth:`Logbook.recent` gives it, or None. Blocking (reads files): run it in a
+        thread. A sibling answers 2xx once the records are in its spool and removes them only after the
+        writer has them, so a label for a request it answered is found here or at the writer, however late
+        its shipper is (a fixed wait for the shipper once answered a served request's label with a 404).
+        """
+        from lakeloop.serving.wal import SEGMENT, read_segment
+
+        needle = request_id.encode()
+        found: dict[str, list] = {table: [] for table in TABLES}
+        try:
+            folders = [e.path for e in os.scandir(self.spool_root) if e.is_dir() and Path(e.path) != self.spool.folder]
+        except OSError:
+            return None
+        for folder in folders:
+            for table in TABLES:
+                try:
+                    names = sorted(n for n in os.listdir(Path(folder, table)) if SEGMENT.fullmatch(n))
+                except OSError:  # shipped and removed, or never written
+                    continue
+                for name in names:
+                    path = Path(folder, table, name)
+                    try:
+                        if needle not in path.read_bytes():  # most segments: no JSON parsed
+                            continue
+                        batches = read_segment(path)
+                    except OSError:  # removed meanwhile: its batches are with the writer
+                        continue
+                    for _, records in batches:
+                        found[table] += [r for r in records if r.get("request_id") == request_id]
+        requests: dict = {}
+        for table in TABLES:  # the prediction first: a label in one sibling's spool names a row of another's
+            index_requests(requests, table, found[table])
+        entry = requests.get(request_id)
+        return None if entry is None else {**entry, "labelled": sorted(entry["labelled"])}
 
     def start(self) -> None:
         """Start shipping (and adopting orphaned spools), if not running; call on the event loop (the ingress

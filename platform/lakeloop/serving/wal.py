@@ -86,15 +86,7 @@ class WriteAheadLog:
 
     def read(self, seq: int) -> list[tuple[str, list[dict]]]:
         """The batches of a segment: ``[(batch_id, records)]``; a torn last line is skipped."""
-        out = []
-        with open(self.path(seq), "rb") as fh:
-            for line in fh:
-                try:
-                    entry = json.loads(line)
-                except ValueError:  # a write cut short by a kill: never acknowledged
-                    continue
-                out.append((entry["batch"], entry["records"]))
-        return out
+        return read_segment(self.path(seq))
 
     def remove(self, seq: int) -> None:
         self.path(seq).unlink(missing_ok=True)
@@ -107,6 +99,20 @@ class WriteAheadLog:
 
     def close(self) -> None:
         self.seal()
+
+
+def read_segment(path: str | os.PathLike) -> list[tuple[str, list[dict]]]:
+    """A segment file's batches: ``[(batch_id, records)]``; a torn last line (a write cut short by a kill,
+    or one still being written by its owner) is skipped."""
+    out = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # never acknowledged (yet)
+                continue
+            out.append((entry["batch"], entry["records"]))
+    return out
 
 
 def _fsync_dir(folder: Path) -> None:
