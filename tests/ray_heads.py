@@ -31,7 +31,7 @@ HEAD_ARGS = ["start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-h
 
 
 def start_head(temp_dir: str, num_cpus: int = 1):
-    """Start the head; returns (process, dashboard address, env for Ray clients)."""
+    """Start the head; returns (process, dashboard address, env for Ray clients, its agent's HTTP address)."""
     gcs, dash, client, agent, agent_grpc, runtime_env_agent, metrics = free_ports(7)
     env = {**os.environ, **HEAD_ENV, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env = clean_env(env, drop=("RAY_ADDRESS",))
@@ -43,7 +43,7 @@ def start_head(temp_dir: str, num_cpus: int = 1):
              "--runtime-env-agent-port", str(runtime_env_agent), "--metrics-export-port", str(metrics),
              "--temp-dir", temp_dir],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return head, f"http://127.0.0.1:{dash}", env
+    return head, f"http://127.0.0.1:{dash}", env, f"http://127.0.0.1:{agent}"
 
 
 def stop_head(head: subprocess.Popen) -> None:
@@ -72,20 +72,24 @@ def running_head(num_cpus: int = 1, timeout_s: float = 120, failed: Callable[[],
     from lakeloop.retrain.trigger import auth_headers
 
     temp_dir = tempfile.mkdtemp(prefix="llray-", dir="/tmp")  # short: Unix socket paths have a length limit
-    head, address, env = start_head(temp_dir, num_cpus)
+    head, address, env, agent = start_head(temp_dir, num_cpus)
     try:
         deadline = time.monotonic() + timeout_s
-        while True:  # the job server answers once the head is up
-            try:
-                req = urllib.request.Request(f"{address}/api/jobs/", headers=auth_headers())
-                with urllib.request.urlopen(req, timeout=3) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert head.poll() is None, Path(temp_dir, "head.log").read_text()
-            assert time.monotonic() < deadline, f"the Ray head's job server did not answer within {timeout_s:g} s"
-            time.sleep(1)
+        # the job server answers once the head is up; it hands each submission to the head's dashboard agent
+        # and gives up after 10 s without one ("No available agent to submit job", 500): on the loaded box
+        # the agent came up half a minute after the job server, and the job tests that share the head failed
+        for url in (f"{address}/api/jobs/", f"{agent}/api/healthz"):
+            while True:
+                try:
+                    req = urllib.request.Request(url, headers=auth_headers())
+                    with urllib.request.urlopen(req, timeout=3) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert head.poll() is None, Path(temp_dir, "head.log").read_text()
+                assert time.monotonic() < deadline, f"the Ray head did not answer {url} within {timeout_s:g} s"
+                time.sleep(1)
         yield address, env, head.pid
     except Exception as exc:
         exc.add_note(f"the head's logs are kept in {keep_logs(temp_dir)}")
