@@ -63,33 +63,58 @@ def stop_head(head: subprocess.Popen) -> None:
     os.killpg(head.pid, signal.SIGKILL)  # what is left of that head: its own process group, by id
 
 
-@contextmanager
-def running_head(num_cpus: int = 1, timeout_s: float = 120, failed: Callable[[], bool] = lambda: False):
-    """A head whose job server answers; yields (dashboard address, env for Ray clients, head pid).
-
-    Its logs are copied out of its temp dir (removed at teardown) when it fails to come up, when the
-    body raises, or when ``failed()`` says so at teardown (a test that used it failed)."""
+def _answers(head: subprocess.Popen, urls: list[str], deadline: float) -> bool:
+    """Whether every URL answers 200 (in turn) before ``deadline``; False as soon as the head has died."""
     from lakeloop.retrain.trigger import auth_headers
 
-    temp_dir = tempfile.mkdtemp(prefix="llray-", dir="/tmp")  # short: Unix socket paths have a length limit
-    head, address, env, agent = start_head(temp_dir, num_cpus)
+    for url in urls:
+        while True:
+            try:
+                req = urllib.request.Request(url, headers=auth_headers())
+                with urllib.request.urlopen(req, timeout=3) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if head.poll() is not None:
+                return False
+            assert time.monotonic() < deadline, f"the Ray head did not answer {url} in time"
+            time.sleep(1)
+    return True
+
+
+@contextmanager
+def running_head(num_cpus: int = 1, timeout_s: float = 120, failed: Callable[[], bool] = lambda: False,
+                 attempts: int = 3):
+    """A head whose job server and dashboard agent answer; yields (dashboard address, env for Ray clients,
+    head pid).
+
+    The job server hands each submission to the head's dashboard agent and gives up after 10 s without
+    one ("No available agent to submit job", 500); on the loaded box the agent came up half a minute after
+    the job server, so both are waited for. A head that dies while starting (its raylet aborts when the
+    agent is slow to write its port file: "Timed out waiting for file .../dashboard_agent_listen_port",
+    seen in clean-clone runs here) is started again from scratch, up to ``attempts`` times in all.
+    Its logs are copied out of its temp dir (removed at teardown) when it dies or fails to come up, when
+    the body raises, or when ``failed()`` says so at teardown (a test that used it failed)."""
+    for attempt in range(1, attempts + 1):
+        temp_dir = tempfile.mkdtemp(prefix="llray-", dir="/tmp")  # short: Unix socket paths have a length limit
+        head, address, env, agent = start_head(temp_dir, num_cpus)
+        try:
+            up = _answers(head, [f"{address}/api/jobs/", f"{agent}/api/healthz"], time.monotonic() + timeout_s)
+        except BaseException as exc:
+            exc.add_note(f"the head's logs are kept in {keep_logs(temp_dir)}")
+            stop_head(head)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+        if up:
+            break
+        print(f"the Ray head died while starting (attempt {attempt} of {attempts}); its logs are kept in "
+              f"{keep_logs(temp_dir)}")
+        stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    else:
+        raise AssertionError(f"the Ray head died while starting, {attempts} times (logs in /tmp/llray-failed-*)")
     try:
-        deadline = time.monotonic() + timeout_s
-        # the job server answers once the head is up; it hands each submission to the head's dashboard agent
-        # and gives up after 10 s without one ("No available agent to submit job", 500): on the loaded box
-        # the agent came up half a minute after the job server, and the job tests that share the head failed
-        for url in (f"{address}/api/jobs/", f"{agent}/api/healthz"):
-            while True:
-                try:
-                    req = urllib.request.Request(url, headers=auth_headers())
-                    with urllib.request.urlopen(req, timeout=3) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert head.poll() is None, Path(temp_dir, "head.log").read_text()
-                assert time.monotonic() < deadline, f"the Ray head did not answer {url} within {timeout_s:g} s"
-                time.sleep(1)
         yield address, env, head.pid
     except Exception as exc:
         exc.add_note(f"the head's logs are kept in {keep_logs(temp_dir)}")
