@@ -21,7 +21,11 @@ worst round's), errors (non-2xx and socket errors). Servers:
 - ``fastapi_floor``: the model in a bare FastAPI + uvicorn process.
 
 Also the start: ``lakeloop serve up -m bench`` and ``mlflow models serve`` are
-started side by side, and the time to each one's first 200 is printed.
+started side by side, and the time to each one's first 200 is printed; then
+the other servers are started one at a time (those before each up and idle),
+each timed to its first 200, with a second ``mlflow models serve`` (stopped once
+it answers) started first as their reference: what a plain Ray Serve app
+needs to start on this machine is the floor under any Serve-based server's.
 Prints a table, the first error answer of any point that had errors (status and
 body, from wrk), the ratios, the load average before and after, and JSON.
 """
@@ -281,22 +285,25 @@ class Servers:
     def stop(self) -> None:
         """lakeloop: SIGINT (it stops what it started); plain Serve: stdin closed; others: SIGTERM to the group."""
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                if proc.stdin:
-                    proc.stdin.close()
-                elif "lakeloop" in str(proc.args[0]):
-                    proc.send_signal(signal.SIGINT)
-                else:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=90)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:  # whatever is left of its process group
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+            self.stop_one(proc)
+
+    def stop_one(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            if proc.stdin:
+                proc.stdin.close()
+            elif "lakeloop" in str(proc.args[0]):
+                proc.send_signal(signal.SIGINT)
+            else:
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
                 pass
-            proc.wait(timeout=30)
+        try:  # whatever is left of its process group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(timeout=30)
 
 
 def lakeloop_env(lake: str, port: int, tracking: str, **extra) -> dict:
@@ -348,37 +355,51 @@ def start_all(servers: Servers, ll, name: str, version: int, local: str, split: 
         http_json("POST", f"{base}/deploy", {"version": v, **extra}, token=token, timeout=300)
     split_url = f"http://127.0.0.1:{lake_port}/v1/models/bench_split/predict"
     urls["lakeloop_split"] = (split_url, {"rows": [ROW]})
-    # the other servers start one at a time, each once the one before answers: their start is not measured,
-    # and four Rays starting at once on 2 cores once kept the isolated server's dashboard from starting
-    # within Ray's 60 s (the server exited, its row missing from the run of 2026-12-01 10:50 UTC)
-    def up(server: str, proc: subprocess.Popen) -> None:
+    # the other servers start one at a time, each once the one before answers (four Rays starting at once on
+    # 2 cores once kept the isolated server's dashboard from starting within Ray's 60 s: its row was missing
+    # from the run of 2026-12-01 10:50 UTC). Each one's start is timed, with the servers before it up and
+    # idle; a second `mlflow models serve` started first, the same way, is their reference.
+    one_by_one = start["one_at_a_time_s"] = {}
+
+    def up(server: str, args: list[str], env: dict | None = None, stdin=None) -> subprocess.Popen:
         url, body = urls[server]
+        t = time.monotonic()
+        proc = servers.start(args, env, stdin)
         try:
-            wait_http(url, json.dumps(body).encode(), proc)
+            one_by_one[server] = round(wait_http(url, json.dumps(body).encode(), proc) - t, 2)
         except RuntimeError as exc:  # measured without it, and said so in the output
             print(f"{server} did not start: {exc}", file=sys.stderr)
             start.setdefault("did_not_start", {})[server] = str(exc)[-2000:]
             del urls[server]
+        return proc
 
-    # isolated mode: another lake (its own Ray), the same MLflow store
-    iso_port = free_port()
-    urls["lakeloop_isolated"] = (f"http://127.0.0.1:{iso_port}/v1/models/{name}/predict", {"rows": [ROW]})
-    up("lakeloop_isolated", servers.start([str(BIN / "lakeloop"), "serve", "up", "-m", name],
-                                          lakeloop_env(f"{servers.tmp}/lake_isolated", iso_port, tracking,
-                                                       mode="isolated")))
-    # plain Ray Serve, Python proxy and HAProxy
+    port = free_port()  # the reference, stopped once it answers
+    urls["mlflow_again"] = (f"http://127.0.0.1:{port}/invocations", mlflow_body)
+    servers.stop_one(up("mlflow_again", [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
+                                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]))
+    one_by_one["mlflow_models_serve"] = one_by_one.pop("mlflow_again", None)
+    urls.pop("mlflow_again", None)
+    # plain Ray Serve (no dashboard), HAProxy and Python proxy: the start of Ray and Serve themselves
     (Path(servers.tmp) / "plain_serve.py").write_text(PLAIN_SERVE)
-    for server, haproxy in (("ray_serve_proxy", "0"), ("ray_serve_haproxy", "1")):
+    for server, haproxy in (("ray_serve_haproxy", "1"), ("ray_serve_proxy", "0")):
         port = free_port()
         urls[server] = (f"http://127.0.0.1:{port}/predict", {"rows": [ROW]})
         env = {"BENCH_PORT": str(port), "BENCH_HAPROXY": haproxy}
-        up(server, servers.start([sys.executable, "plain_serve.py"], env, stdin=subprocess.PIPE))
+        up(server, [sys.executable, "plain_serve.py"], env, stdin=subprocess.PIPE)
     # the floor
     (Path(servers.tmp) / "floor_app.py").write_text(FLOOR_APP)
     floor_port = free_port()
     urls["fastapi_floor"] = (f"http://127.0.0.1:{floor_port}/predict", {"rows": [ROW]})
-    up("fastapi_floor", servers.start([str(BIN / "uvicorn"), "floor_app:app", "--host", "127.0.0.1", "--port",
-                                       str(floor_port), "--workers", "1", "--log-level", "warning"]))
+    up("fastapi_floor", [str(BIN / "uvicorn"), "floor_app:app", "--host", "127.0.0.1", "--port", str(floor_port),
+                         "--workers", "1", "--log-level", "warning"])
+    # isolated mode: another lake (its own Ray), the same MLflow store
+    iso_port = free_port()
+    urls["lakeloop_isolated"] = (f"http://127.0.0.1:{iso_port}/v1/models/{name}/predict", {"rows": [ROW]})
+    up("lakeloop_isolated", [str(BIN / "lakeloop"), "serve", "up", "-m", name],
+       lakeloop_env(f"{servers.tmp}/lake_isolated", iso_port, tracking, mode="isolated"))
+    if one_by_one.get("mlflow_models_serve"):
+        start["one_at_a_time_vs_mlflow"] = {s: round(t / one_by_one["mlflow_models_serve"], 3)
+                                            for s, t in one_by_one.items() if s != "mlflow_models_serve"}
     wait_http(split_url, one)
     return urls, start
 
@@ -462,8 +483,12 @@ def report(r: dict, levels: list[int]) -> None:
     print(f"serving one row, {r['loadgen']} closed loop, {r['seconds_per_point']} s per point over {r['rounds']} "
           f"alternating rounds, {r['machine']}, {r['date']}; load average before {r['loadavg_before']}, "
           f"after {r['loadavg_after']}")
-    print(f"start to first 200: lakeloop serve up {r['start']['lakeloop_serve_up_s']} s, mlflow models serve "
-          f"{r['start']['mlflow_models_serve_s']} s (ratio {r['start']['ratio']})")
+    print(f"start to first 200, side by side: lakeloop serve up {r['start']['lakeloop_serve_up_s']} s, mlflow models "
+          f"serve {r['start']['mlflow_models_serve_s']} s (ratio {r['start']['ratio']})")
+    one_by_one, vs = r["start"].get("one_at_a_time_s", {}), r["start"].get("one_at_a_time_vs_mlflow", {})
+    if one_by_one:
+        print("start to first 200, one at a time (those before it up and idle): " + ", ".join(
+            f"{s} {t} s" + (f" ({vs[s]}x mlflow)" if s in vs else "") for s, t in one_by_one.items()))
     print(f"{'server':<22}{'c':>4}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for c in levels:
         for s in SERVERS:

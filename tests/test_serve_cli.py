@@ -124,6 +124,39 @@ def test_serve_up_then_deploy_promote_rollback_from_the_cli(registered, tmp_path
     assert {"deploy", "promote", "rollback"} <= set(history["action"])
 
 
+def listeners(port: int) -> list[int]:
+    """PIDs of the processes listening on a loopback TCP port."""
+    import psutil
+
+    return sorted({c.pid for c in psutil.net_connections(kind="tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid})
+
+
+def test_serve_up_stopped_while_starting(registered, tmp_path):
+    """A supervisor's stop while `serve up` starts (Serve's haproxy already on the port, the ingress not yet
+    answering): it stops what it started, haproxy included, and exits 0; before, the stop skipped the cleanup."""
+    import psutil
+
+    ll, (v1, _), env = registered
+    port = ll.config.serve.port
+    proc = start([str(BIN / "lakeloop"), "serve", "up", "--model", f"fraud:{v1}"], tmp_path, env=env)
+    deadline = time.monotonic() + 180
+    try:
+        while not listeners(port):  # Serve's haproxy binds the port before the ingress's replica has started
+            assert proc.poll() is None, output(proc)
+            assert time.monotonic() < deadline, output(proc)
+            time.sleep(0.1)
+        started = listeners(port)
+        assert "serving at" not in output(proc), "the window was missed: it had started"
+    finally:
+        code = stop(proc, signal.SIGTERM)
+    assert code == 0, output(proc)
+    assert "stopped while starting" in output(proc)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    assert not [pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
 def test_serve_run_import_path(registered, tmp_path):
     ll, (v1, _), env = registered
     with socket.socket() as s:

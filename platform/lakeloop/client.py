@@ -184,6 +184,8 @@ def start_local_ray(**kwargs):
             with loopback_node(local), _free_agent_port(local):
                 return ray.init(**kwargs)
         except BaseException as exc:
+            if local and isinstance(exc, KeyboardInterrupt):  # stopped while it starts: what started stops too
+                _clean_failed_start(before, started)
             if not local or isinstance(exc, KeyboardInterrupt):
                 raise
             error = exc

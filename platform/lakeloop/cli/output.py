@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Iterable
@@ -66,28 +67,38 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def run_until(seconds: float | None) -> None:
-    """Block until ``seconds`` have passed (``None``: until stopped), Ctrl-C or SIGTERM.
+@contextmanager
+def sigterm_as_interrupt():
+    """Within it, SIGTERM raises KeyboardInterrupt, as Ctrl-C does (in the main thread; elsewhere a no-op).
 
-    SIGTERM is how a supervisor (systemd, docker, kubernetes, ``kill``) stops a process: it ends the wait as
-    Ctrl-C does, so the caller's cleanup runs (``serve up`` flushes the inference log and stops Serve and its
-    haproxy; without this, Python's default SIGTERM left haproxy holding the port and Ray's agents running).
-    A second SIGTERM during that cleanup stops the process at once.
+    SIGTERM is how a supervisor (systemd, docker, kubernetes, ``kill``) stops a process: with this, the
+    caller's cleanup runs (``serve up`` flushes the inference log and stops Serve and its haproxy; Python's
+    default SIGTERM left haproxy holding the port and Ray's agents running). The previous handler is back
+    after it, so a second SIGTERM during a cleanup that follows stops the process at once.
     """
     import signal
     import threading
-    import time
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
-    deadline = None if seconds is None else time.monotonic() + seconds
     try:
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def run_until(seconds: float | None) -> None:
+    """Block until ``seconds`` have passed (``None``: until stopped), Ctrl-C or SIGTERM (see
+    :func:`sigterm_as_interrupt`)."""
+    import time
+
+    deadline = None if seconds is None else time.monotonic() + seconds
+    with sigterm_as_interrupt():
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from lakeloop.cli.output import console, print_json, print_table, run_until
+from lakeloop.cli.output import console, print_json, print_table, run_until, sigterm_as_interrupt
 
 app = typer.Typer(help="Serving on Ray Serve: run the endpoint, deploy versions, split traffic.",
                   no_args_is_help=True)
@@ -46,8 +46,21 @@ def up(
     NAME and NAME@ALIAS follow the alias: when it moves in the registry, the new version takes the old
     one's traffic. NAME:VERSION stays pinned.
     """
+    import sys
+
     ll = ctx.obj.connect()
-    url = ll.serving.up(deploy=[_parse_model(spec) for spec in model])  # versions start with the ingress
+    with sigterm_as_interrupt():  # stopped while it starts, it stops what it started (its haproxy may hold the port)
+        try:
+            ll.ensure_ray()
+            with sigterm_as_interrupt():  # again: Ray's start put its own SIGTERM handler in (it exits at once)
+                url = ll.serving.up(deploy=[_parse_model(spec) for spec in model])  # versions start with the ingress
+        except KeyboardInterrupt:
+            import ray
+
+            print("stopped while starting: stopping what it started", file=sys.stderr, flush=True)
+            if ray.is_initialized():  # else its Ray's start was interrupted, and stopped what it had started
+                ll.serving.down()
+            return
     deployed = ll.serving.deployed
     info = {"url": url, "docs": f"{url}/docs", "dashboard": ll.dashboard_url,
             "deployed": [{"model": d["model"], "version": d["version"], "note": d.get("note")} for d in deployed]}

@@ -456,7 +456,7 @@ class LogShipper:
         writer has them, so a label for a request it answered is found here or at the writer, however late
         its shipper is (a fixed wait for the shipper once answered a served request's label with a 404).
         """
-        from lakeloop.serving.wal import SEGMENT, read_segment
+        from lakeloop.serving.wal import read_segment, segment_numbers, segment_path
 
         needle = request_id.encode()
         found: dict[str, list] = {table: [] for table in TABLES}
@@ -466,12 +466,8 @@ class LogShipper:
             return None
         for folder in folders:
             for table in TABLES:
-                try:
-                    names = sorted(n for n in os.listdir(Path(folder, table)) if SEGMENT.fullmatch(n))
-                except OSError:  # shipped and removed, or never written
-                    continue
-                for name in names:
-                    path = Path(folder, table, name)
+                for seq in segment_numbers(Path(folder, table)):  # none: shipped and removed, or never written
+                    path = segment_path(Path(folder, table), seq)
                     try:
                         if needle not in path.read_bytes():  # most segments: no JSON parsed
                             continue

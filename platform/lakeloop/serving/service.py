@@ -297,19 +297,28 @@ class Serving:
         raise ConnectError(f"lakeloop serving did not answer at {self.url}/healthz within {timeout_s} s: {last}")
 
     def down(self) -> dict:
-        """Stop the ingress and every version's app, flush the inference log, stop the actors."""
+        """Stop the ingress and every version's app, flush the inference log, stop the actors.
+
+        Also after a start that was interrupted part way (``serve up`` stopped while starting): what of it
+        runs is stopped.
+        """
         import ray
         from ray import serve
 
         from lakeloop.serving import logbook
 
-        controller = self._controller(create=True)
-        serve.delete(INGRESS_APP)  # first: requests in flight finish, shadow answers reach the writer
+        try:
+            controller = self._controller()
+        except ConnectError:  # stopped before the controller was created
+            controller = None
+        if _serve_running():
+            serve.delete(INGRESS_APP)  # first: requests in flight finish, shadow answers reach the writer
         # the versions' apps log nothing; when Serve stops too, they drain (3 s each behind haproxy) while the
         # writer flushes, and serve.shutdown() waits for them: one wait, not one per app and then Serve's
-        removed = ray.get(controller.undeploy_all.remote(wait=not self.started_serve))
+        removed = ray.get(controller.undeploy_all.remote(wait=not self.started_serve)) if controller else []
         flushed = logbook.stop_writer(self.ll)
-        ray.kill(controller, no_restart=True)
+        if controller is not None:
+            ray.kill(controller, no_restart=True)
         stopped: list[int] = []
         if self.started_serve:  # Serve and its haproxy go too; a haproxy can outlive Serve: stopped by PID
             serve.shutdown()

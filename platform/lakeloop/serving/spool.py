@@ -27,7 +27,7 @@ import uuid
 from collections import Counter, deque
 from pathlib import Path
 
-from lakeloop.serving.wal import WriteAheadLog
+from lakeloop.serving.wal import WriteAheadLog, read_segment, segment_numbers, segment_path
 
 LOCK = "owner.lock"
 SEGMENT_ROWS = 2000  # a spool segment is sealed at this many rows (and removed once all of it is acknowledged)
@@ -142,11 +142,9 @@ def read_folder(folder: Path, tables: tuple[str, ...]) -> list[tuple[str, str, l
     """A spool folder's batches: ``[(table, batch_id, records)]``, each table's oldest first."""
     out = []
     for table in tables:
-        if not (folder / table).is_dir():
-            continue
-        wal = WriteAheadLog(folder / table)
-        for seq in wal.segments():
-            out.extend((table, batch_id, records) for batch_id, records in wal.read(seq))
+        for seq in segment_numbers(folder / table):
+            batches = read_segment(segment_path(folder / table, seq))
+            out.extend((table, batch_id, records) for batch_id, records in batches)
     return out
 
 

@@ -45,11 +45,11 @@ class WriteAheadLog:
         self.next_seq = max(self.segments(), default=0) + 1
 
     def path(self, seq: int) -> Path:
-        return self.folder / f"segment-{seq:012d}.jsonl"
+        return segment_path(self.folder, seq)
 
     def segments(self) -> list[int]:
         """Every segment on disk, oldest first (the active one included)."""
-        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := SEGMENT.fullmatch(p.name)))
+        return segment_numbers(self.folder)
 
     def start_after(self, seq: int) -> None:
         """New segments get numbers above ``seq`` (the last one committed to Delta)."""
@@ -99,6 +99,20 @@ class WriteAheadLog:
 
     def close(self) -> None:
         self.seal()
+
+
+def segment_path(folder: str | os.PathLike, seq: int) -> Path:
+    return Path(folder, f"segment-{seq:012d}.jsonl")
+
+
+def segment_numbers(folder: str | os.PathLike) -> list[int]:
+    """The numbers of the segments in ``folder``, oldest first; none when it is missing (creates nothing:
+    for reading another process's log, which may remove the folder once shipped)."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(m.group(1)) for name in names if (m := SEGMENT.fullmatch(name)))
 
 
 def read_segment(path: str | os.PathLike) -> list[tuple[str, list[dict]]]:
