@@ -21,11 +21,10 @@ worst round's), errors (non-2xx and socket errors). Servers:
 - ``fastapi_floor``: the model in a bare FastAPI + uvicorn process.
 
 Also the start: ``lakeloop serve up -m bench`` and ``mlflow models serve`` are
-started side by side, and the time to each one's first 200 is printed; then
-the other servers are started one at a time (those before each up and idle),
-each timed to its first 200, with a second ``mlflow models serve`` (stopped once
-it answers) started first as their reference: what a plain Ray Serve app
-needs to start on this machine is the floor under any Serve-based server's.
+started side by side, and the time to each one's first 200 is printed. Before
+them, a plain Ray Serve app (HAProxy, no dashboard) and another ``mlflow
+models serve`` are started side by side the same way and stopped: the start of
+Ray and Serve themselves, the floor under any Serve-based server's start.
 Prints a table, the first error answer of any point that had errors (status and
 body, from wrk), the ratios, the load average before and after, and JSON.
 """
@@ -313,41 +312,63 @@ def lakeloop_env(lake: str, port: int, tracking: str, **extra) -> dict:
     return {**env, **{f"LAKELOOP_SERVE_{k.upper()}": str(v) for k, v in extra.items()}}
 
 
+def side_by_side(servers: Servers, starts: dict) -> tuple[dict, dict]:
+    """Start ``{key: (argv, env, stdin, url, body)}`` at once; returns each one's seconds to its first 200, and
+    its process."""
+    t0 = time.monotonic()
+    procs = {key: servers.start(argv, env, stdin) for key, (argv, env, stdin, _, _) in starts.items()}
+    done: dict = {}
+
+    def first_200(key):
+        url, body = starts[key][3:]
+        done[key] = round(wait_http(url, json.dumps(body).encode(), procs[key]) - t0, 2)
+
+    waits = [threading.Thread(target=first_200, args=(key,)) for key in starts]
+    for t in waits:
+        t.start()
+    for t in waits:
+        t.join()
+    if set(done) != set(starts):
+        raise RuntimeError(f"a server did not start: {done}")
+    return done, procs
+
+
 def start_all(servers: Servers, ll, name: str, version: int, local: str, split: list[int]) -> tuple[dict, dict]:
     """Every server up; returns {server: (url, body)} and the start times measured side by side."""
     from lakeloop.serving.service import admin_token, http_json
 
     tracking = ll.config.tracking_uri
     one = json.dumps({"rows": [ROW]}).encode()
-    urls: dict = {}
-    # lakeloop (default) and mlflow models serve, started together: the time to each one's first 200
-    lake_port, mlflow_port = free_port(), free_port()
-    t0 = time.monotonic()
-    lake_proc = servers.start([str(BIN / "lakeloop"), "serve", "up", "-m", name],
-                              lakeloop_env(ll.config.lake.root, lake_port, tracking))
-    mlflow_proc = servers.start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)])
-    mlflow_url = f"http://127.0.0.1:{mlflow_port}/invocations"
     mlflow_body = {"dataframe_records": [ROW]}
+
+    def mlflow_start(port: int) -> tuple:
+        return ([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}", "--env-manager", "local",
+                 "-h", "127.0.0.1", "-p", str(port)], None, None, f"http://127.0.0.1:{port}/invocations", mlflow_body)
+
+    (Path(servers.tmp) / "plain_serve.py").write_text(PLAIN_SERVE)
+
+    def plain_start(port: int, haproxy: str) -> tuple:
+        return ([sys.executable, "plain_serve.py"], {"BENCH_PORT": str(port), "BENCH_HAPROXY": haproxy},
+                subprocess.PIPE, f"http://127.0.0.1:{port}/predict", {"rows": [ROW]})
+
+    # first a plain Ray Serve app (HAProxy, no dashboard) beside `mlflow models serve`, both stopped once they
+    # answer: the start of Ray and Serve themselves, the floor under any Serve-based server's, on this machine
+    done, procs = side_by_side(servers, {"ray_serve_haproxy": plain_start(free_port(), "1"),
+                                         "mlflow_models_serve": mlflow_start(free_port())})
+    for proc in procs.values():
+        servers.stop_one(proc)
+    plain = {"ray_serve_haproxy_s": done["ray_serve_haproxy"], "mlflow_models_serve_s": done["mlflow_models_serve"],
+             "ratio": round(done["ray_serve_haproxy"] / done["mlflow_models_serve"], 3)}
+    # then lakeloop (default) and mlflow models serve, the same way; these two stay up
+    lake_port = free_port()
     lake_url = f"http://127.0.0.1:{lake_port}/v1/models/{name}/predict"
-    done: dict = {}
-
-    def first_200(key, url, body, proc):
-        done[key] = round(wait_http(url, body, proc) - t0, 2)
-
-    waits = [threading.Thread(target=first_200, args=("lakeloop", lake_url, one, lake_proc)),
-             threading.Thread(target=first_200, args=("mlflow_models_serve", mlflow_url,
-                                                      json.dumps(mlflow_body).encode(), mlflow_proc))]
-    for t in waits:
-        t.start()
-    for t in waits:
-        t.join()
-    if set(done) != {"lakeloop", "mlflow_models_serve"}:
-        raise RuntimeError(f"a server did not start: {done}")
+    starts = {"lakeloop": ([str(BIN / "lakeloop"), "serve", "up", "-m", name],
+                           lakeloop_env(ll.config.lake.root, lake_port, tracking), None, lake_url, {"rows": [ROW]}),
+              "mlflow_models_serve": mlflow_start(free_port())}
+    done, _ = side_by_side(servers, starts)
     start = {"lakeloop_serve_up_s": done["lakeloop"], "mlflow_models_serve_s": done["mlflow_models_serve"],
-             "ratio": round(done["lakeloop"] / done["mlflow_models_serve"], 3)}
-    urls["lakeloop"] = (lake_url, {"rows": [ROW]})
-    urls["mlflow_models_serve"] = (mlflow_url, mlflow_body)
+             "ratio": round(done["lakeloop"] / done["mlflow_models_serve"], 3), "plain_ray_serve": plain}
+    urls: dict = {key: starts[key][3:] for key in starts}
     # the split: model "bench_split" (the same model, 3 versions) 90/10 with the third as a shadow
     base = f"http://127.0.0.1:{lake_port}/v1/admin/models/bench_split"
     token = admin_token(ll)
@@ -355,51 +376,32 @@ def start_all(servers: Servers, ll, name: str, version: int, local: str, split: 
         http_json("POST", f"{base}/deploy", {"version": v, **extra}, token=token, timeout=300)
     split_url = f"http://127.0.0.1:{lake_port}/v1/models/bench_split/predict"
     urls["lakeloop_split"] = (split_url, {"rows": [ROW]})
-    # the other servers start one at a time, each once the one before answers (four Rays starting at once on
-    # 2 cores once kept the isolated server's dashboard from starting within Ray's 60 s: its row was missing
-    # from the run of 2026-12-01 10:50 UTC). Each one's start is timed, with the servers before it up and
-    # idle; a second `mlflow models serve` started first, the same way, is their reference.
-    one_by_one = start["one_at_a_time_s"] = {}
-
-    def up(server: str, args: list[str], env: dict | None = None, stdin=None) -> subprocess.Popen:
-        url, body = urls[server]
-        t = time.monotonic()
-        proc = servers.start(args, env, stdin)
+    # the other servers start one at a time, each once the one before answers: their start is not measured,
+    # and four Rays starting at once on 2 cores once kept the isolated server's dashboard from starting
+    # within Ray's 60 s (the server exited, its row missing from the run of 2026-12-01 10:50 UTC)
+    def up(server: str, argv: list[str], env: dict | None, stdin, url: str, body: dict) -> None:
+        urls[server] = (url, body)
         try:
-            one_by_one[server] = round(wait_http(url, json.dumps(body).encode(), proc) - t, 2)
+            wait_http(url, json.dumps(body).encode(), servers.start(argv, env, stdin))
         except RuntimeError as exc:  # measured without it, and said so in the output
             print(f"{server} did not start: {exc}", file=sys.stderr)
             start.setdefault("did_not_start", {})[server] = str(exc)[-2000:]
             del urls[server]
-        return proc
 
-    port = free_port()  # the reference, stopped once it answers
-    urls["mlflow_again"] = (f"http://127.0.0.1:{port}/invocations", mlflow_body)
-    servers.stop_one(up("mlflow_again", [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}",
-                                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]))
-    one_by_one["mlflow_models_serve"] = one_by_one.pop("mlflow_again", None)
-    urls.pop("mlflow_again", None)
-    # plain Ray Serve (no dashboard), HAProxy and Python proxy: the start of Ray and Serve themselves
-    (Path(servers.tmp) / "plain_serve.py").write_text(PLAIN_SERVE)
-    for server, haproxy in (("ray_serve_haproxy", "1"), ("ray_serve_proxy", "0")):
-        port = free_port()
-        urls[server] = (f"http://127.0.0.1:{port}/predict", {"rows": [ROW]})
-        env = {"BENCH_PORT": str(port), "BENCH_HAPROXY": haproxy}
-        up(server, [sys.executable, "plain_serve.py"], env, stdin=subprocess.PIPE)
+    # isolated mode: another lake (its own Ray), the same MLflow store
+    iso_port = free_port()
+    up("lakeloop_isolated", [str(BIN / "lakeloop"), "serve", "up", "-m", name],
+       lakeloop_env(f"{servers.tmp}/lake_isolated", iso_port, tracking, mode="isolated"), None,
+       f"http://127.0.0.1:{iso_port}/v1/models/{name}/predict", {"rows": [ROW]})
+    # plain Ray Serve, Python proxy and HAProxy
+    up("ray_serve_proxy", *plain_start(free_port(), "0"))
+    up("ray_serve_haproxy", *plain_start(free_port(), "1"))
     # the floor
     (Path(servers.tmp) / "floor_app.py").write_text(FLOOR_APP)
     floor_port = free_port()
-    urls["fastapi_floor"] = (f"http://127.0.0.1:{floor_port}/predict", {"rows": [ROW]})
     up("fastapi_floor", [str(BIN / "uvicorn"), "floor_app:app", "--host", "127.0.0.1", "--port", str(floor_port),
-                         "--workers", "1", "--log-level", "warning"])
-    # isolated mode: another lake (its own Ray), the same MLflow store
-    iso_port = free_port()
-    urls["lakeloop_isolated"] = (f"http://127.0.0.1:{iso_port}/v1/models/{name}/predict", {"rows": [ROW]})
-    up("lakeloop_isolated", [str(BIN / "lakeloop"), "serve", "up", "-m", name],
-       lakeloop_env(f"{servers.tmp}/lake_isolated", iso_port, tracking, mode="isolated"))
-    if one_by_one.get("mlflow_models_serve"):
-        start["one_at_a_time_vs_mlflow"] = {s: round(t / one_by_one["mlflow_models_serve"], 3)
-                                            for s, t in one_by_one.items() if s != "mlflow_models_serve"}
+                         "--workers", "1", "--log-level", "warning"], None, None,
+       f"http://127.0.0.1:{floor_port}/predict", {"rows": [ROW]})
     wait_http(split_url, one)
     return urls, start
 
@@ -485,10 +487,10 @@ def report(r: dict, levels: list[int]) -> None:
           f"after {r['loadavg_after']}")
     print(f"start to first 200, side by side: lakeloop serve up {r['start']['lakeloop_serve_up_s']} s, mlflow models "
           f"serve {r['start']['mlflow_models_serve_s']} s (ratio {r['start']['ratio']})")
-    one_by_one, vs = r["start"].get("one_at_a_time_s", {}), r["start"].get("one_at_a_time_vs_mlflow", {})
-    if one_by_one:
-        print("start to first 200, one at a time (those before it up and idle): " + ", ".join(
-            f"{s} {t} s" + (f" ({vs[s]}x mlflow)" if s in vs else "") for s, t in one_by_one.items()))
+    plain = r["start"]["plain_ray_serve"]
+    print(f"start to first 200, side by side (before the others): plain Ray Serve (HAProxy) "
+          f"{plain['ray_serve_haproxy_s']} s, mlflow models serve {plain['mlflow_models_serve_s']} s "
+          f"(ratio {plain['ratio']})")
     print(f"{'server':<22}{'c':>4}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for c in levels:
         for s in SERVERS:
