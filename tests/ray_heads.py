@@ -63,8 +63,18 @@ def stop_head(head: subprocess.Popen) -> None:
     os.killpg(head.pid, signal.SIGKILL)  # what is left of that head: its own process group, by id
 
 
-def _answers(head: subprocess.Popen, urls: list[str], deadline: float) -> bool:
-    """Whether every URL answers 200 (in turn) before ``deadline``; False as soon as the head has died."""
+def _raylet_aborted(temp_dir: str) -> bool:
+    """Whether the head's raylet aborted (a failed check, logged to its ``raylet.err``): ``ray start --block``
+    outlived its raylet by more than the 47 s left of the wait, in a clean-clone run here."""
+    try:
+        return "Check failed" in Path(temp_dir, "session_latest", "logs", "raylet.err").read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _answers(head: subprocess.Popen, urls: list[str], deadline: float, temp_dir: str) -> bool:
+    """Whether every URL answers 200 (in turn) before ``deadline``; False as soon as the head or its raylet
+    has died."""
     from lakeloop.retrain.trigger import auth_headers
 
     for url in urls:
@@ -76,7 +86,7 @@ def _answers(head: subprocess.Popen, urls: list[str], deadline: float) -> bool:
                         break
             except OSError:
                 pass
-            if head.poll() is not None:
+            if head.poll() is not None or _raylet_aborted(temp_dir):
                 return False
             assert time.monotonic() < deadline, f"the Ray head did not answer {url} in time"
             time.sleep(1)
@@ -91,16 +101,18 @@ def running_head(num_cpus: int = 1, timeout_s: float = 120, failed: Callable[[],
 
     The job server hands each submission to the head's dashboard agent and gives up after 10 s without
     one ("No available agent to submit job", 500); on the loaded box the agent came up half a minute after
-    the job server, so both are waited for. A head that dies while starting (its raylet aborts when the
-    agent is slow to write its port file: "Timed out waiting for file .../dashboard_agent_listen_port",
-    seen in clean-clone runs here) is started again from scratch, up to ``attempts`` times in all.
+    the job server, so both are waited for. A head that dies while starting, or whose raylet does (it
+    aborts when the agent is slow to write its port file: "Timed out waiting for file
+    .../dashboard_agent_listen_port", seen in clean-clone runs here), is started again from scratch, up
+    to ``attempts`` times in all.
     Its logs are copied out of its temp dir (removed at teardown) when it dies or fails to come up, when
     the body raises, or when ``failed()`` says so at teardown (a test that used it failed)."""
     for attempt in range(1, attempts + 1):
         temp_dir = tempfile.mkdtemp(prefix="llray-", dir="/tmp")  # short: Unix socket paths have a length limit
         head, address, env, agent = start_head(temp_dir, num_cpus)
         try:
-            up = _answers(head, [f"{address}/api/jobs/", f"{agent}/api/healthz"], time.monotonic() + timeout_s)
+            up = _answers(head, [f"{address}/api/jobs/", f"{agent}/api/healthz"], time.monotonic() + timeout_s,
+                          temp_dir)
         except BaseException as exc:
             exc.add_note(f"the head's logs are kept in {keep_logs(temp_dir)}")
             stop_head(head)

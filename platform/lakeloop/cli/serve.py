@@ -49,18 +49,18 @@ def up(
     import sys
 
     ll = ctx.obj.connect()
-    with sigterm_as_interrupt():  # stopped while it starts, it stops what it started (its haproxy may hold the port)
-        try:
+    try:  # stopped while it starts, it stops what it started (its haproxy may hold the port already)
+        with sigterm_as_interrupt():
             ll.ensure_ray()
             with sigterm_as_interrupt():  # again: Ray's start put its own SIGTERM handler in (it exits at once)
                 url = ll.serving.up(deploy=[_parse_model(spec) for spec in model])  # versions start with the ingress
-        except KeyboardInterrupt:
-            import ray
+    except KeyboardInterrupt:  # as after the wait below, a second SIGTERM during the cleanup stops it at once
+        import ray
 
-            print("stopped while starting: stopping what it started", file=sys.stderr, flush=True)
-            if ray.is_initialized():  # else its Ray's start was interrupted, and stopped what it had started
-                ll.serving.down()
-            return
+        print("stopped while starting: stopping what it started", file=sys.stderr, flush=True)
+        if ray.is_initialized():  # else its Ray's start was interrupted, and stopped what it had started
+            ll.serving.down()
+        return
     deployed = ll.serving.deployed
     info = {"url": url, "docs": f"{url}/docs", "dashboard": ll.dashboard_url,
             "deployed": [{"model": d["model"], "version": d["version"], "note": d.get("note")} for d in deployed]}

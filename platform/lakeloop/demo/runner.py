@@ -47,6 +47,8 @@ FEATURES = ["customer_stats:*", "merchant_stats:*"]
 MARKER = "_demo/owned-by-lakeloop-demo"
 REQUEST_FEATURES = ["customer_stats__log_amount", "customer_stats__is_night", "customer_stats__is_foreign"]
 SETTLED = ("promoted", "rolled_back", "gate_failed", "retrain_failed")
+# steps of the retrain job: each one restarts the wait for the loop to settle (a busy machine is slow, not stuck)
+PROGRESS = ("retrain_submitted", "retrain_started", "materialized", "challenger_registered", "canary_started")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,7 +72,7 @@ class DemoSettings:
     canary_percent: float = 30.0
     min_labelled: int = 300
     train_rows: int = 2500
-    loop_timeout_s: float = 300.0  # drifted traffic stops after this long even if the loop has not settled
+    loop_timeout_s: float = 300.0  # drifted traffic stops this long after the loop's last step if it has not settled
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -449,9 +451,14 @@ class _Loop:
         part = 0
         drifted = self._transactions(s.drift_rows, self.clock.drift_day, 1.0, first_id=20_000_000)
         deadline = time.monotonic() + s.loop_timeout_s
+        steps = 0
         sent = 0
         phase = "drift"
         while time.monotonic() < deadline and not self._settled():
+            progress = sum(1 for e in self.events if e["kind"] in PROGRESS)
+            if progress > steps:  # the retrain job moved on: it gets the full wait again (a loaded machine once
+                steps = progress  # took 4 min to train with an 8 s search budget, and the traffic had stopped)
+                deadline = time.monotonic() + s.loop_timeout_s
             if self._first("canary_started"):
                 phase = "canary"
             if sent >= len(drifted):  # more of the same drifted day, as long as the loop needs traffic
@@ -481,6 +488,8 @@ class _Loop:
         verdict = self._first("canary_verdict")
         job_id = ((submitted or {}).get("details") or {}).get("result", {})
         job_id = job_id.get("submission_id") if isinstance(job_id, dict) else None
+        if outcome is None:  # not settled: its job waits for labels the demo no longer sends; stop it
+            self._stop_jobs()
         job = self._job(job_id)
         promoted = outcome["version"] if outcome and outcome["kind"] == "promoted" else None
         phases = {name: {"rows": st["rows"], "accuracy": round(st["correct"] / st["rows"], 4) if st["rows"] else None,
