@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import threading
 import time
 import uuid
@@ -444,10 +443,9 @@ class LogShipper:
     # -- shipping ------------------------------------------------------------------------
     def siblings(self) -> bool:
         """Whether another ingress replica on this node has a spool (alive, or dead and not yet adopted)."""
-        try:
-            return any(e.is_dir() and Path(e.path) != self.spool.folder for e in os.scandir(self.spool_root))
-        except OSError:
-            return False
+        from lakeloop.serving.spool import other_folders
+
+        return bool(other_folders(self.spool_root, self.spool.folder))
 
     def spooled(self, request_id: str) -> dict | None:
         """A primary prediction still in the spool of another ingress replica on this node (alive, or dead and
@@ -456,15 +454,12 @@ class LogShipper:
         writer has them, so a label for a request it answered is found here or at the writer, however late
         its shipper is (a fixed wait for the shipper once answered a served request's label with a 404).
         """
+        from lakeloop.serving.spool import other_folders
         from lakeloop.serving.wal import read_segment, segment_numbers, segment_path
 
         needle = request_id.encode()
         found: dict[str, list] = {table: [] for table in TABLES}
-        try:
-            folders = [e.path for e in os.scandir(self.spool_root) if e.is_dir() and Path(e.path) != self.spool.folder]
-        except OSError:
-            return None
-        for folder in folders:
+        for folder in other_folders(self.spool_root, self.spool.folder):
             for table in TABLES:
                 for seq in segment_numbers(Path(folder, table)):  # none: shipped and removed, or never written
                     path = segment_path(Path(folder, table), seq)

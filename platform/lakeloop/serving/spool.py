@@ -120,15 +120,20 @@ class Spool:
         return removed
 
 
+def other_folders(root: str | os.PathLike, own: Path | None = None) -> list[Path]:
+    """The spool folders under ``root`` but ``own``: other ingress replicas' on this node (alive, or dead and not
+    yet adopted), by name; none when ``root`` is missing."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if e.is_dir() and Path(e.path) != own]
+
+
 def orphans(root: str | os.PathLike, own: Path | None = None) -> list[tuple[Path, int]]:
     """The spool folders under ``root`` whose owner is gone, each with an fd holding its lock now."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
     found = []
-    for folder in sorted(root.iterdir()):
-        if folder == own or not folder.is_dir():
-            continue
+    for folder in other_folders(root, own):
         try:
             fd = _take_lock(folder, block=False)
         except FileNotFoundError:  # removed meanwhile by its owner or another adopter
