@@ -159,6 +159,21 @@ def loopback_worker_setup() -> None:
     tls_utils.add_port_to_grpc_server = add_port_on_loopback
 
 
+@contextmanager
+def keeping_sigterm_handler():
+    """A driver's ``ray.init`` installs Ray's own SIGTERM handler, which ends the process at once; a Python
+    handler this process had set before (``serve up``'s, which stops what it started) is put back after it."""
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+
+
 def start_local_ray(**kwargs):
     """``ray.init(address="local", **kwargs)`` on loopback; a failed start frees what it bound.
 
@@ -413,12 +428,13 @@ class Lakeloop:
             return ray
         kwargs = ray_init_kwargs(self.config)
         if kwargs.get("address") == "local":
-            self._start_or_attach(kwargs)
+            with keeping_sigterm_handler():
+                self._start_or_attach(kwargs)
             return ray
         try:
             # Ray rewrites a loopback address to the machine's IP unless it is told the cluster is one
             # machine; a Ray on loopback listens only there, so keep the address as given
-            with loopback_node(_is_loopback(str(kwargs.get("address") or ""))):
+            with loopback_node(_is_loopback(str(kwargs.get("address") or ""))), keeping_sigterm_handler():
                 ray.init(**kwargs)
         except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
             raise ConnectError(

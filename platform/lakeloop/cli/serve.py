@@ -51,9 +51,7 @@ def up(
     ll = ctx.obj.connect()
     try:  # stopped while it starts, it stops what it started (its haproxy may hold the port already)
         with sigterm_as_interrupt():
-            ll.ensure_ray()
-            with sigterm_as_interrupt():  # again: Ray's start put its own SIGTERM handler in (it exits at once)
-                url = ll.serving.up(deploy=[_parse_model(spec) for spec in model])  # versions start with the ingress
+            url = ll.serving.up(deploy=[_parse_model(spec) for spec in model])  # versions start with the ingress
     except KeyboardInterrupt:  # as after the wait below, a second SIGTERM during the cleanup stops it at once
         import ray
 
