@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -20,8 +21,8 @@ from test_sockets import is_loopback, listening as tree_listening
 from lakeloop.errors import ConfigError, ModelLoadError, ServiceUnavailableError
 from lakeloop.serving.controller import app_running
 from lakeloop.serving.deployments import app_name, predict_grouped
-from lakeloop.serving.service import (HAPROXY_DRAIN_S, HAPROXY_WRAPPER, check_modes, haproxy_processes,
-                                      stop_node_haproxies, stop_processes)
+from lakeloop.serving.service import (HAPROXY_DRAIN_S, HAPROXY_WRAPPER, check_modes, controller_env, haproxy_processes,
+                                      slow_proxies_tolerated, stop_node_haproxies, stop_processes)
 
 ROW = {"amount": 150.0, "country": "US"}
 
@@ -272,6 +273,11 @@ def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_ha
         assert ingress and all(p.environ().get("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S") == str(HAPROXY_DRAIN_S)
                                for p in ingress)  # a stopping replica drains seconds, not Ray's 30 s
         assert all(p.environ().get("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD") == "0" for p in ingress)
+        workers = psutil.Process().children(recursive=True)
+        controller = [p for p in workers if "ServeController" in " ".join(p.cmdline())]
+        ready = controller_env()["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]  # not Serve's 5 s, too short when busy
+        assert ready == "60" and controller
+        assert all(p.environ().get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S") == ready for p in controller)
         ll.serving.deploy("fraud", v1)
         ll.serving.deploy("fraud", v2, weight=10)
         ll.serving.deploy("fraud", v3, shadow=True)
@@ -322,7 +328,11 @@ def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_ha
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_isolated_mode_behind_the_python_proxy_still_answers_from_the_versions_deployments(tmp_path, ray_session):
+def test_isolated_mode_behind_the_python_proxy_still_answers_from_the_versions_deployments(tmp_path, ray_session,
+                                                                                          monkeypatch):
+    """Also: a start whose proxy the controller kills as not ready in time (as on a busy machine; here a 1 s
+    ready check, shorter than a proxy's start) still comes up."""
+    import ray
     from ray import serve
 
     serve.shutdown()
@@ -330,8 +340,13 @@ def test_isolated_mode_behind_the_python_proxy_still_answers_from_the_versions_d
                           serve_replicas=1, serve_mode="isolated", serve_ingress="proxy")
     v1 = serving_models.register(ll, "fraud", 100.0)
     port = ll.config.serve.port
+    monkeypatch.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "1")  # Serve backs off: 1 s, 2 s, 3 s, ...
     ll.serving.up()
     try:
+        logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+        killed = [line for log in logs.glob("controller_*.log") for line in log.read_text().splitlines()
+                  if "readiness check" in line and "didn't complete in 1.0s" in line]
+        assert killed  # the controller killed a proxy while up() ran, and up() went on
         assert haproxy_processes(ll.serving.node_id) == []
         replicas = [p for p in psutil.Process().children(recursive=True) if "ServeReplica:lakeloop" in " ".join(p.cmdline())]
         assert replicas and all(p.environ().get("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD") == "0" for p in replicas)
@@ -342,3 +357,30 @@ def test_isolated_mode_behind_the_python_proxy_still_answers_from_the_versions_d
     finally:
         ll.serving.down()
         serve.shutdown()  # the next module starts its own
+
+
+def test_serves_wait_for_its_proxies_giving_up_is_not_the_end_of_a_start(ray_session, caplog):
+    """serve.start fails on a proxy the controller killed, or after its fixed 60 s: up() goes on waiting for the
+    ingress itself. Any other error still stops it."""
+    import ray
+
+    @ray.remote(num_cpus=0.01)
+    class Proxy:
+        def ready(self):
+            return "ok"
+
+    proxy = Proxy.remote()
+    ray.get(proxy.ready.remote())
+    ray.kill(proxy, no_restart=True)
+    with slow_proxies_tolerated():
+        ray.get(proxy.ready.remote())
+    assert "a Serve proxy was restarted while starting" in caplog.text and "killed by `ray.kill`" in caplog.text
+    with slow_proxies_tolerated():
+        raise TimeoutError("HTTP proxies not available after 60s.")
+    assert "HTTP proxies not available after 60s.; still waiting for the ingress" in caplog.text
+    with pytest.raises(TimeoutError, match="Application lakeloop did not become RUNNING"):
+        with slow_proxies_tolerated():
+            raise TimeoutError("Application lakeloop did not become RUNNING after 60s.")
+    with pytest.raises(ray.exceptions.RayTaskError):
+        with slow_proxies_tolerated():
+            ray.get(ray.remote(lambda: 1 / 0).remote())

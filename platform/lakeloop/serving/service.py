@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -81,13 +82,43 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
 # 13.5-14.9 ms and c=8 270-306 req/s instead of 191-233 here (one model, HAProxy, ad-hoc runs). A model
 # call now blocks that replica's loop while it runs, as a sync model call did its user loop before.
 SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+# The controller gives a starting proxy 5 s (Ray's default) to answer its ready check, counted from the
+# actor's creation, so its worker's start is in it; on a busy machine that took longer, the controller
+# killed the proxy as unhealthy, and serve.start, waiting on that proxy, failed with ActorDiedError
+# (seen in a CI run: `serve up` exited 1 while other tests loaded both cores). A busy machine is not
+# a dead proxy: the check waits as long as serve.start itself waits for the proxies. An operator's
+# RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S wins.
+PROXY_READY_CHECK_S = 60
+
+
+def controller_env() -> dict[str, str]:
+    """Env vars for every Serve controller lakeloop starts: :data:`SERVE_ENV` and the proxies' ready check."""
+    ready = os.environ.get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_CHECK_S))
+    return {**SERVE_ENV, "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": ready}
 
 
 def serve_env(cfg) -> dict[str, str]:
-    """Env vars for the Serve controller lakeloop starts (its replicas inherit them): :data:`SERVE_ENV`, and
-    :func:`haproxy_env` for ``serve.ingress: haproxy`` (a :class:`ConfigError` where haproxy is missing)."""
+    """Env vars for the Serve controller lakeloop starts (its replicas inherit them): :func:`controller_env`,
+    and :func:`haproxy_env` for ``serve.ingress: haproxy`` (a :class:`ConfigError` where haproxy is missing)."""
     extra = haproxy_env(cfg.serve.host, cfg.serve.max_bytes) if cfg.serve.ingress == "haproxy" else {}
-    return {**SERVE_ENV, **extra}
+    return {**controller_env(), **extra}
+
+
+@contextlib.contextmanager
+def slow_proxies_tolerated():
+    """Go on where Serve's own wait for its proxies gave up: it waits a fixed 60 s, and fails at once on a
+    proxy the controller killed as not ready in time (the controller starts another). Whether the ingress
+    answers is then :meth:`Serving._wait_healthy`'s to find out, within ``up``'s own ``timeout_s``."""
+    import ray
+
+    try:
+        yield
+    except ray.exceptions.RayActorError as exc:  # serve.start waits on the proxies it saw first
+        logging.getLogger("lakeloop.serving").warning("a Serve proxy was restarted while starting: %s", exc)
+    except TimeoutError as exc:
+        if "proxies not available" not in str(exc).lower():
+            raise
+        logging.getLogger("lakeloop.serving").warning("%s; still waiting for the ingress", exc)
 
 
 def haproxy_processes(node_id: str) -> list:
@@ -260,16 +291,18 @@ class Serving:
                 self.started_serve = cfg.serve.ingress == "haproxy"  # with its haproxy: down() stops both
             except ConfigError as exc:  # no haproxy binary here (Ray's serve extra ships one for Linux only)
                 logging.getLogger("lakeloop.serving").warning("%s; serving behind Serve's Python proxy", exc)
-                env = dict(SERVE_ENV)
+                env = controller_env()
             options = {"runtime_env": {"env_vars": env}}
-            serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, controller_options=options,
-                        proxy_location=proxy_location(cfg.serve.host))
+            with slow_proxies_tolerated():  # serve.run below then joins the controller started here
+                serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port},
+                            controller_options=options, proxy_location=proxy_location(cfg.serve.host))
         else:  # a Serve already running in this Ray keeps its ingress (set when it started)
             serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
         app = self.prepare()
         controller = self._controller()
         pending = [controller.deploy.remote(model=m, ref=ref) for m, ref in deploy]
-        serve.run(app, name=INGRESS_APP, route_prefix="/")
+        with slow_proxies_tolerated():
+            serve.run(app, name=INGRESS_APP, route_prefix="/")
         self._wait_healthy(timeout_s)
         self.deployed = []
         for ref in pending:
