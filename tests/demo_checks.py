@@ -39,6 +39,16 @@ def run_demo(cwd: Path, env: dict[str, str], timeout: float) -> dict:
     return json.loads(out)
 
 
+def retrain_story(summary: dict) -> str:
+    """What a failed demo check needs to be read after the run: the job, the loop's outcome and events, and
+    the end of the retrain job's log (the test's tmp dir is gone by the time anyone looks)."""
+    retrain = summary["retrain"]
+    log = Path(retrain["log"]) if retrain.get("log") else None
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else "(no job log)"
+    return (f"retrain {retrain}; outcome {summary['outcome']!r} ({summary.get('outcome_reason')}); "
+            f"events {[(e['time'], e['kind']) for e in summary['events']]}\njob log tail:\n{tail}")
+
+
 def check_demo_summary(summary: dict, lake: Path, capsys) -> None:
     assert summary["lake"] == str(lake)
     assert summary["quarantined"] > 0 and set(summary["quarantined_by_rule"]) == set(BAD_KINDS.values())
@@ -48,8 +58,8 @@ def check_demo_summary(summary: dict, lake: Path, capsys) -> None:
     assert "customer_stats__log_amount" in summary["drift"]["drifted"]
     assert summary["retrain"]["job_id"], summary["events"][-12:]
     assert summary["retrain"]["job_id"].startswith("lakeloop-retrain-fraud-")
-    assert summary["retrain"]["status"] == "SUCCEEDED"
-    assert summary["outcome"] == "promoted" and summary["promoted_version"] == 2, summary["events"]
+    assert summary["retrain"]["status"] == "SUCCEEDED", retrain_story(summary)
+    assert summary["outcome"] == "promoted" and summary["promoted_version"] == 2, retrain_story(summary)
     canary = summary["canary"]
     assert canary["verdict"] == "promote" and canary["p_value"] < 0.05
     assert canary["challenger_accuracy"] > canary["champion_accuracy"]

@@ -95,7 +95,7 @@ def _answers(head: subprocess.Popen, urls: list[str], deadline: float, temp_dir:
 
 @contextmanager
 def running_head(num_cpus: int = 1, timeout_s: float = 120, failed: Callable[[], bool] = lambda: False,
-                 attempts: int = 3):
+                 attempts: int = 5, calm_s: float = 30):
     """A head whose job server and dashboard agent answer; yields (dashboard address, env for Ray clients,
     head pid).
 
@@ -104,7 +104,9 @@ def running_head(num_cpus: int = 1, timeout_s: float = 120, failed: Callable[[],
     the job server, so both are waited for. A head that dies while starting, or whose raylet does (it
     aborts when the agent is slow to write its port file: "Timed out waiting for file
     .../dashboard_agent_listen_port", seen in clean-clone runs here), is started again from scratch, up
-    to ``attempts`` times in all.
+    to ``attempts`` times in all; before each new start it waits, up to ``calm_s``, for the machine's load
+    to drop below its CPU count (the three aborts of one clean-clone run here came two minutes apart, all
+    while the demo test loaded both cores: Ray waits a fixed 15 s for that port file, with no setting).
     Its logs are copied out of its temp dir (removed at teardown) when it dies or fails to come up, when
     the body raises, or when ``failed()`` says so at teardown (a test that used it failed)."""
     for attempt in range(1, attempts + 1):
@@ -124,6 +126,8 @@ def running_head(num_cpus: int = 1, timeout_s: float = 120, failed: Callable[[],
               f"{keep_logs(temp_dir)}")
         stop_head(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if attempt < attempts:
+            _wait_for_calm(calm_s)
     else:
         raise AssertionError(f"the Ray head died while starting, {attempts} times (logs in /tmp/llray-failed-*)")
     try:
@@ -137,6 +141,13 @@ def running_head(num_cpus: int = 1, timeout_s: float = 120, failed: Callable[[],
     finally:
         stop_head(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_calm(timeout_s: float) -> None:
+    """Until the 1-minute load average is below the CPU count, or ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while os.getloadavg()[0] >= (os.cpu_count() or 1) and time.monotonic() < deadline:
+        time.sleep(2)
 
 
 def keep_logs(temp_dir: str) -> str:

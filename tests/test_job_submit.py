@@ -42,7 +42,7 @@ def test_job_submit_refuses_an_unknown_job_and_a_lake_without_a_platform(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)  # the ray_head fixture may start the head up to 5 times (tests/ray_heads.py)
 def test_the_printed_ray_job_submit_line_runs_as_printed(transactions, ray_head, tmp_path):
     ll = transactions
     address, head_env, _pid = ray_head

@@ -20,7 +20,7 @@ from test_automl import make_rows, write_table
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)  # the ray_head fixture may start the head up to 5 times (tests/ray_heads.py)
 def test_automl_job_submitted_to_a_ray_head_registers_a_model_with_the_job_id(ll, ray_head):
     address, env, _pid = ray_head
     write_table(ll, "raw.jobdata", make_rows(200, seed=4))
@@ -48,7 +48,7 @@ def test_automl_job_submitted_to_a_ray_head_registers_a_model_with_the_job_id(ll
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)  # the ray_head fixture may start the head up to 5 times (tests/ray_heads.py)
 def test_materialize_job_submitted_to_a_ray_head(ll, ray_head):
     from lakeloop.demo import scenario
 

@@ -103,6 +103,7 @@ def test_the_local_ray_with_serving_and_the_online_store_listens_only_on_loopbac
     assert not wide, f"sockets beyond loopback: {wide}"
 
 
+@pytest.mark.timeout(600)  # the ray_head fixture may start the head up to 5 times (tests/ray_heads.py)
 def test_a_head_started_with_the_documented_line_listens_only_on_loopback(ray_head):
     _, _, pid = ray_head
     deadline = time.monotonic() + 120
