@@ -333,7 +333,7 @@ def side_by_side(servers: Servers, starts: dict) -> tuple[dict, dict]:
     return done, procs
 
 
-def start_all(servers: Servers, ll, name: str, version: int, local: str, split: list[int]) -> tuple[dict, dict]:
+def start_all(servers: Servers, ll, name: str, version: int, split: list[int]) -> tuple[dict, dict]:
     """Every server up; returns {server: (url, body)} and the start times measured side by side."""
     from lakeloop.serving.service import admin_token, http_json
 
@@ -440,7 +440,7 @@ def main(argv=None) -> int:
         servers = Servers(tmp, env)
         try:
             ll.models.promote(name, version, force=True)
-            urls, results["start"] = start_all(servers, ll, name, version, local, split)
+            urls, results["start"] = start_all(servers, ll, name, version, split)
             print(f"start to first 200: {results['start']}", file=sys.stderr)
             runs: dict = {s: {c: [] for c in levels} for s in SERVERS}
             for r in range(args.rounds):

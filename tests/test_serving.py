@@ -211,6 +211,27 @@ def test_every_prediction_is_logged_and_feedback_lands(fraud):
         time.sleep(0.3)
 
 
+def test_healthz_shows_the_replicas_side_of_the_inference_log(fraud):
+    """What an operator watches before predictions are pushed back (503): rows spooled and not yet with the
+    writer, against the limit. Each answer is one ingress replica's; one that served has shipped."""
+    from lakeloop.serving.logbook import MAX_WAITING_ROWS
+
+    ll, _ = fraud
+    port = ll.config.serve.port
+    for _ in range(6):
+        assert post_predict(ll, {"rows": [ROW]})[0] == 200
+    deadline = time.monotonic() + 30
+    while True:
+        status, health = call(port, "GET", "/healthz")
+        assert status == 200 and health["status"] == "ok", health
+        log = health["inference_log"]
+        assert log["limit_rows"] == MAX_WAITING_ROWS and log["spooled_rows"] >= 0 and log["rejected_batches"] == 0
+        if log["shipped_calls"] >= 1 and log["spooled_rows"] == 0 and log["waiting_rows"] == 0:
+            break
+        assert time.monotonic() < deadline, health
+        time.sleep(0.2)
+
+
 def test_fuzzed_requests_never_get_a_5xx(fraud):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st

@@ -517,7 +517,7 @@ class Ingress:
     @api.get("/healthz")
     async def health(self):
         await self._ensure_state()
-        return {"status": "ok", "state_version": self.state_version}
+        return {"status": "ok", "state_version": self.state_version, "inference_log": self.logbook.stats()}
 
     @api.get("/v1/models")
     async def list_models(self):

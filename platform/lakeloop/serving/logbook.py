@@ -397,6 +397,15 @@ class LogShipper:
         self.rejected = 0  # batches the writer refused for good (kept in <spool root>/rejected.jsonl)
         self.last_error: str | None = None
 
+    def stats(self) -> dict:
+        """This replica's side of the inference log (``/healthz`` shows it): rows in its spool that the writer
+        has not acknowledged, rows waiting for the spool write, the limit past which predictions are answered
+        503, calls that reached the writer, retries, batches adopted from dead replicas' spools and refused
+        by the writer for good, and the last error."""
+        return {"spooled_rows": self.spool.pending_rows, "waiting_rows": self.waiting_rows,
+                "limit_rows": self.max_waiting_rows, "shipped_calls": self.sent, "retries": self.retries,
+                "adopted_batches": self.adopted, "rejected_batches": self.rejected, "last_error": self.last_error}
+
     async def log(self, table: str, records: list[dict]) -> None:
         if not records:
             return
