@@ -369,12 +369,16 @@ def test_serves_wait_for_its_proxies_giving_up_is_not_the_end_of_a_start(ray_ses
         def ready(self):
             return "ok"
 
-    proxy = Proxy.remote()
-    ray.get(proxy.ready.remote())
-    ray.kill(proxy, no_restart=True)
+    proxy, other = (Proxy.options(name=n, namespace="proxy-tests").remote() for n in ("SERVE_PROXY_ACTOR-x", "y"))
+    ref = proxy.ready.remote()
+    ray.kill(proxy, no_restart=True)  # as the controller kills a proxy not ready in time, maybe before it ran
     with slow_proxies_tolerated():
-        ray.get(proxy.ready.remote())
+        ray.get(ref)
     assert "a Serve proxy was restarted while starting" in caplog.text and "killed by `ray.kill`" in caplog.text
+    ray.kill(other, no_restart=True)
+    with pytest.raises(ray.exceptions.RayActorError, match="name: y"):  # not a proxy: the start fails
+        with slow_proxies_tolerated():
+            ray.get(other.ready.remote())
     with slow_proxies_tolerated():
         raise TimeoutError("HTTP proxies not available after 60s.")
     assert "HTTP proxies not available after 60s.; still waiting for the ingress" in caplog.text

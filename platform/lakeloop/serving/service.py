@@ -108,12 +108,16 @@ def serve_env(cfg) -> dict[str, str]:
 def slow_proxies_tolerated():
     """Go on where Serve's own wait for its proxies gave up: it waits a fixed 60 s, and fails at once on a
     proxy the controller killed as not ready in time (the controller starts another). Whether the ingress
-    answers is then :meth:`Serving._wait_healthy`'s to find out, within ``up``'s own ``timeout_s``."""
+    answers is then :meth:`Serving._wait_healthy`'s to find out, within ``up``'s own ``timeout_s``. Any other
+    actor's death (Serve's controller's, say) is still an error."""
     import ray
+    from ray.serve._private.constants import SERVE_PROXY_NAME
 
     try:
         yield
     except ray.exceptions.RayActorError as exc:  # serve.start waits on the proxies it saw first
+        if f"name: {SERVE_PROXY_NAME}" not in str(exc):
+            raise
         logging.getLogger("lakeloop.serving").warning("a Serve proxy was restarted while starting: %s", exc)
     except TimeoutError as exc:
         if "proxies not available" not in str(exc).lower():
