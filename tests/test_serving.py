@@ -338,3 +338,22 @@ def test_stored_traffic_is_validated_and_a_bad_row_is_reported_and_skipped(tmp_p
     assert "finite" in problems["fraud"] and "not JSON" in problems["junk"], problems
     alerts = read_events(ll, "fraud", kinds=["alert"])
     assert len(alerts) == 1 and "serving.traffic" in alerts.iloc[0]["reason"]
+
+
+def test_an_ingress_replica_busy_loading_a_version_is_still_up_for_a_minute(tmp_path):
+    """A replica does not poll the state while it loads a version (seconds; more on a busy machine): not
+    live then, but recent, so a deploy keeps waiting for it instead of taking the ingress for down."""
+    from lakeloop.serving.controller import REPLICA_RECENT_S, REPLICA_SEEN_S, ServingController
+
+    controller = ServingController(lakeloop.connect(lake_root=str(tmp_path / "lake")).config.to_dict())
+    version = controller.snapshot()["version"]
+    controller.snapshot(version, "a")
+    controller.snapshot(version - 1, "b")
+    assert controller.serving(version) == {"serving": 1, "live": 2, "recent": 2}
+    now = time.monotonic()
+    controller.replicas["b"] = (version - 1, now - REPLICA_SEEN_S - 1)  # b is loading: no poll for a while
+    assert controller.serving(version) == {"serving": 1, "live": 1, "recent": 2}
+    controller.replicas["a"] = (version, now - REPLICA_SEEN_S - 1)
+    assert controller.serving(version) == {"serving": 0, "live": 0, "recent": 2}  # both busy: still up
+    controller.replicas["a"] = (version, now - REPLICA_RECENT_S - 1)  # a died a minute ago: forgotten
+    assert controller.serving(version) == {"serving": 0, "live": 0, "recent": 1}

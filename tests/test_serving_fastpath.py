@@ -122,6 +122,34 @@ def test_without_a_haproxy_binary_the_ingress_setting_is_named(monkeypatch):
         haproxy_env("127.0.0.1")
 
 
+def test_each_serve_gets_a_block_of_direct_ingress_ports_no_other_serve_is_handed(tmp_path, monkeypatch):
+    """Every Serve takes its replicas' ports (which HAProxy sends to directly) from 30000 up by default; a port
+    one Serve gave up was taken by another's replica, and requests to the first were answered by the second."""
+    import socket
+    import tempfile
+
+    from lakeloop import ports
+    from lakeloop.serving.service import haproxy_env
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's own claims
+    a, b = ports.free_block(), ports.free_block()
+    for first, end in (a, b):
+        assert end - first == ports.BLOCK and ports.BLOCKS <= first and end <= 30000  # clear of Serve's default
+        assert not [p for p in (ports.free_port() for _ in range(200)) if first <= p < end]  # and of single ports
+    assert a[1] <= b[0] or b[1] <= a[0], (a, b)
+    with socket.socket() as held:  # a block with a port in use is not handed out
+        held.bind(("127.0.0.1", a[0] + 7))
+        held.listen()
+        for _ in range(3 * (30000 - ports.BLOCKS) // ports.BLOCK):
+            first, end = ports.free_block()
+            assert not first <= a[0] + 7 < end
+    env = haproxy_env("127.0.0.1")
+    first, end = int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
+    assert end - first == ports.BLOCK
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "31000")  # an operator's range is kept
+    assert haproxy_env("127.0.0.1")["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "31000"
+
+
 def listening(proc: psutil.Process) -> set[tuple[str, int]]:
     return {(c.laddr.ip, c.laddr.port) for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
 
@@ -278,6 +306,10 @@ def test_fast_mode_serves_split_and_shadow_from_the_ingress_behind_a_loopback_ha
         ready = controller_env()["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]  # not Serve's 5 s, too short when busy
         assert ready == "60" and controller
         assert all(p.environ().get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S") == ready for p in controller)
+        env = controller[0].environ()  # the ingress replicas listen for haproxy in this Serve's own port block
+        first, end = int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
+        direct = {port for p in ingress for _, port in listening(p)}
+        assert end <= 30000 and any(first <= port < end for port in direct), (first, end, direct)
         ll.serving.deploy("fraud", v1)
         ll.serving.deploy("fraud", v2, weight=10)
         ll.serving.deploy("fraud", v3, shadow=True)

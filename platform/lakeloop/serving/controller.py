@@ -31,6 +31,10 @@ from lakeloop.serving.policy import (TrafficPolicy, check_deploy_request, check_
 HISTORY = "serving.traffic"
 FOLLOW_POLL_S = 1.0  # how often the registry's aliases are read for versions that follow one
 REPLICA_SEEN_S = 5.0  # an ingress replica that has not read the state this long is not counted (it polls 4/s)
+# one that read it this recently is still taken as up: it does not poll while it loads a version, which took
+# over 5 s on a loaded machine (deploy then returned as if no ingress were up, and requests were answered
+# 404 "served models: []" by a replica still loading the version)
+REPLICA_RECENT_S = 60.0
 # fast mode: a version's own deployment (the ingress replicas' fallback) starts once an ingress replica has
 # loaded the version itself, so its replicas' start does not slow that load (2 cores); at the latest after this
 FALLBACK_WAIT_S = 30.0
@@ -78,12 +82,14 @@ class ServingController:
             return copy.deepcopy(self.state)
 
     def serving(self, version: int) -> dict:
-        """How many live ingress replicas serve state ``version`` (or newer), of how many live ones."""
+        """How many live ingress replicas serve state ``version`` (or newer), of how many live ones, and how
+        many read the state within ``REPLICA_RECENT_S`` (live ones, and ones busy loading a version)."""
         now = time.monotonic()
         with self.lock:
+            self.replicas = {r: (v, at) for r, (v, at) in self.replicas.items() if now - at <= REPLICA_RECENT_S}
             live = {r: v for r, (v, at) in self.replicas.items() if now - at <= REPLICA_SEEN_S}
-            self.replicas = {r: self.replicas[r] for r in live}
-        return {"serving": sum(1 for v in live.values() if v >= version), "live": len(live)}
+            recent = len(self.replicas)
+        return {"serving": sum(1 for v in live.values() if v >= version), "live": len(live), "recent": recent}
 
     def status(self) -> dict:
         out = self.snapshot()

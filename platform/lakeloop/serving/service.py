@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lakeloop.errors import ConfigError, ConnectError, LakeloopError
-from lakeloop.ports import free_ports
+from lakeloop.ports import free_block, free_ports
 
 if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
@@ -55,6 +55,11 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
     if not os.access(HAPROXY_WRAPPER, os.X_OK):
         HAPROXY_WRAPPER.chmod(0o755)
     stats, metrics, fallback_http, fallback_grpc = free_ports(4, host)
+    if "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT" in os.environ:  # the operator's range
+        direct = (os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
+                  os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "31000"))
+    else:
+        direct = tuple(str(p) for p in free_block(host))
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
             "HAPROXY_LOOPBACK_BINARY": binary, "HAPROXY_LOOPBACK_HOST": host,
             # an old haproxy drains idle keep-alive connections until this (Ray's default 120 s made a
@@ -73,6 +78,9 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
             # starting answered with another Serve's model (seen in bench/serving.py: four Rays on one box)
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
             "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
+            # the ports haproxy sends to the replicas on directly: this Serve's own block, not the 30000-31000
+            # every Serve on the machine shares by default (lakeloop.ports.free_block says why)
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": direct[0], "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": direct[1],
             **({} if max_body is None else {"HAPROXY_LOOPBACK_MAX_BODY": str(int(max_body))})}
 
 
@@ -379,13 +387,14 @@ class Serving:
             self._wait_applied(result["state_version"])
         return result
 
-    def _wait_applied(self, state_version: int, timeout_s: float = 30) -> None:
+    def _wait_applied(self, state_version: int, timeout_s: float = 60) -> None:
         """Return once every ingress replica (``serve.ingress_replicas`` of them) serves ``state_version``.
 
         A replica reads the state on its first request and then polls it: the health checks sent here,
         spread over the replicas by the ingress, wake those that had none yet. A health check that cannot
-        connect means no ingress only when no replica has read the state lately: haproxy reloads (as
-        a version's app starts) drop connections for a moment while the replicas are up.
+        connect means no ingress only when no replica has read the state within the last minute: haproxy
+        reloads (as a version's app starts) drop connections for a moment while the replicas are up, and a
+        replica loading a version does not poll meanwhile (seconds, more on a busy machine).
         """
         import ray
 
@@ -400,14 +409,16 @@ class Serving:
             try:
                 http_json("GET", f"{self.url}/healthz", timeout=5)
             except ConnectError:
-                if not seen["live"]:
+                if not seen["live"] and not seen["recent"]:
                     return  # the ingress is not up (yet): it reads the state when it starts
             except LakeloopError:  # an error answer (e.g. 503 while haproxy has no live backend): poll on
                 pass
             time.sleep(0.05)
-        if seen and seen["serving"]:  # e.g. a replica restarting after its death: it reads the state when up
+        # e.g. a replica restarting after its death, or all of them still loading: they read the state when up
+        if seen and (seen["serving"] or not seen["live"]):
             logging.getLogger("lakeloop.serving").warning(
-                "%d of %d ingress replicas serve state %d after %g s", seen["serving"], want, state_version, timeout_s)
+                "%d of %d ingress replicas serve state %d after %g s (%d read the state lately)", seen["serving"],
+                want, state_version, timeout_s, seen["recent"])
             return
         raise ConnectError(f"no ingress replica at {self.url} served serving state {state_version} within "
                            f"{timeout_s} s")
