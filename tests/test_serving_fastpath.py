@@ -124,7 +124,7 @@ def test_without_a_haproxy_binary_the_ingress_setting_is_named(monkeypatch):
 
 def test_each_serve_gets_a_block_of_direct_ingress_ports_no_other_serve_is_handed(tmp_path, monkeypatch):
     """Every Serve takes its replicas' ports (which HAProxy sends to directly) from 30000 up by default; a port
-    one Serve gave up was taken by another's replica, and requests to the first were answered by the second."""
+    one Serve gives up can be taken by another's replica while the first one's HAProxy still sends there."""
     import socket
     import tempfile
 

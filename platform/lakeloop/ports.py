@@ -84,10 +84,11 @@ def claims_dir() -> Path:
 def free_block(host: str = "127.0.0.1", size: int = BLOCK) -> tuple[int, int]:
     """``(first, end)``: ``size`` consecutive ports, none held now, for one Serve's direct-ingress replicas.
 
-    Every Serve on a machine takes those ports from the same range by default (30000-31000), lowest first;
-    a port one Serve's replica gave up was taken by another Serve's replica while the first one's HAProxy
-    still sent requests there, and they were answered by the other server (seen in the tests: 404 "model
-    'fraud' is not served" from a server with no models, under load). Blocks lie in ``[BLOCKS, HIGH)``, below
+    Every Serve on a machine takes those ports from the same range by default (30000-31000), lowest first:
+    in the tests' logs, replicas of different Serves tried the same ports in turn ("Failed to bind to
+    address '127.0.0.1:30000' ... Retrying"), and a port one Serve's replica gives up can be taken by
+    another Serve's replica while the first one's HAProxy still sends requests there, to be answered by
+    the other server. Blocks lie in ``[BLOCKS, HIGH)``, below
     the ephemeral range, apart from the single ports of :func:`free_port` and clear of Serve's default range
     (a Serve started elsewhere keeps that one). A block is handed out once per ``CLAIM_S`` while another is
     left (the least recently claimed, else)."""
@@ -115,6 +116,9 @@ def free_block(host: str = "127.0.0.1", size: int = BLOCK) -> tuple[int, int]:
     # unclaimed blocks (and claims older than CLAIM_S) first, in random order; then the least recently claimed
     for start in sorted(starts, key=lambda s: max(claimed_at(s), now - CLAIM_S)):
         if all_free(start):
-            (claims / str(start)).touch()
+            try:
+                (claims / str(start)).touch()
+            except OSError:  # unnoted, the block still serves; another Serve may be handed it while it starts
+                pass
             return start, start + size
     raise OSError(f"no block of {size} free ports in {BLOCKS}-{high} on {host}")

@@ -409,7 +409,7 @@ class Serving:
             try:
                 http_json("GET", f"{self.url}/healthz", timeout=5)
             except ConnectError:
-                if not seen["live"] and not seen["recent"]:
+                if not seen["live"] and not seen.get("recent"):  # (an older controller does not say)
                     return  # the ingress is not up (yet): it reads the state when it starts
             except LakeloopError:  # an error answer (e.g. 503 while haproxy has no live backend): poll on
                 pass
@@ -418,7 +418,7 @@ class Serving:
         if seen and (seen["serving"] or not seen["live"]):
             logging.getLogger("lakeloop.serving").warning(
                 "%d of %d ingress replicas serve state %d after %g s (%d read the state lately)", seen["serving"],
-                want, state_version, timeout_s, seen["recent"])
+                want, state_version, timeout_s, seen.get("recent", 0))
             return
         raise ConnectError(f"no ingress replica at {self.url} served serving state {state_version} within "
                            f"{timeout_s} s")
