@@ -49,6 +49,7 @@ REQUEST_FEATURES = ["customer_stats__log_amount", "customer_stats__is_night", "c
 SETTLED = ("promoted", "rolled_back", "gate_failed", "retrain_failed")
 # steps of the retrain job: each one restarts the wait for the loop to settle (a busy machine is slow, not stuck)
 PROGRESS = ("retrain_submitted", "retrain_started", "materialized", "challenger_registered", "canary_started")
+JOB_CHECK_S = 5.0  # how often the drift loop asks whether the retrain job still runs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +73,9 @@ class DemoSettings:
     canary_percent: float = 30.0
     min_labelled: int = 300
     train_rows: int = 2500
-    loop_timeout_s: float = 300.0  # drifted traffic stops this long after the loop's last step if it has not settled
+    # drifted traffic stops this long after the loop's last step if it has not settled, unless the retrain job
+    # still runs: the job bounds its own steps (the search budget, the canary's decision_timeout_s)
+    loop_timeout_s: float = 300.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -416,6 +419,19 @@ class _Loop:
             self.display.log(f"[cyan]event[/] {e['kind']}"
                              + (f" v{e['version']}" if e['version'] is not None else "") + f": {e['reason'][:200]}")
 
+    def _job_running(self) -> bool | None:
+        """Whether the newest retrain job this demo's monitor submitted has not ended yet; None when there is
+        none, or its status could not be read (the job server busy: asked again later)."""
+        ids = [((e.get("details") or {}).get("result") or {}).get("submission_id") for e in self.events
+               if e["kind"] == "retrain_submitted"]
+        ids = [i for i in ids if i]
+        if not ids or getattr(self, "trigger", None) is None:
+            return None
+        try:
+            return not self.trigger.client().get_job_status(ids[-1]).is_terminal()
+        except Exception:  # any failure to ask is "unknown", never the end of the loop
+            return None
+
     def _stop_jobs(self) -> bool:
         """Stop the retrain jobs the monitor submitted for this demo that still run (an interrupted demo's);
         False when there was none to stop."""
@@ -454,11 +470,21 @@ class _Loop:
         steps = 0
         sent = 0
         phase = "drift"
+        next_check = 0.0
         while time.monotonic() < deadline and not self._settled():
             progress = sum(1 for e in self.events if e["kind"] in PROGRESS)
             if progress > steps:  # the retrain job moved on: it gets the full wait again (a loaded machine once
                 steps = progress  # took 4 min to train with an 8 s search budget, and the traffic had stopped)
                 deadline = time.monotonic() + s.loop_timeout_s
+            if time.monotonic() >= next_check:  # a running job is waited for: it took 5 min 6 s to train and
+                next_check = time.monotonic() + JOB_CHECK_S  # register once, 6 s past the wait above
+                running = self._job_running()
+                if running:
+                    deadline = max(deadline, time.monotonic() + s.loop_timeout_s)
+                elif running is False:  # it ended: its last events are in once polled
+                    self._poll_events()
+                    if not self._settled():
+                        break
             if self._first("canary_started"):
                 phase = "canary"
             if sent >= len(drifted):  # more of the same drifted day, as long as the loop needs traffic
