@@ -143,6 +143,11 @@ def test_each_serve_gets_a_block_of_direct_ingress_ports_no_other_serve_is_hande
         for _ in range(3 * (30000 - ports.BLOCKS) // ports.BLOCK):
             first, end = ports.free_block()
             assert not first <= a[0] + 7 < end
+    monkeypatch.setattr(ports, "ephemeral_range", lambda: (1024, 65535))  # a machine's range starting low
+    first, end = ports.free_block()
+    assert ports.BLOCKS <= first and end <= 30000
+    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     env = haproxy_env("127.0.0.1")
     first, end = int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]), int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
     assert end - first == ports.BLOCK

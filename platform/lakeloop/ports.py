@@ -63,6 +63,7 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     return ports
 
 
+SERVE_DEFAULT = (30000, 31000)  # Ray Serve's own range for direct-ingress HTTP ports, shared by every Serve
 BLOCK = 100  # ports per block: a Serve's replicas that HAProxy sends to directly (2 per version, 2 ingress)
 CLAIM_S = 3600.0  # a block handed out this recently is not handed out again while another is left
 
@@ -91,8 +92,12 @@ def free_block(host: str = "127.0.0.1", size: int = BLOCK) -> tuple[int, int]:
     the other server. Blocks lie in ``[BLOCKS, HIGH)``, below
     the ephemeral range, apart from the single ports of :func:`free_port` and clear of Serve's default range
     (a Serve started elsewhere keeps that one). A block is handed out once per ``CLAIM_S`` while another is
-    left (the least recently claimed, else)."""
+    left (the least recently claimed, else). Where the ephemeral range starts below ``BLOCKS + size``, all of
+    ``[BLOCKS, HIGH)`` is used (a port a connection took only makes a replica try the next one); where no
+    block is free at all, Serve's default range is returned."""
     high = min(HIGH, ephemeral_range()[0])
+    if high - size < BLOCKS:  # a machine whose ephemeral range starts low: a taken port is only a retry
+        high = HIGH
     starts = list(range(BLOCKS, high - size + 1, size))
     random.shuffle(starts)
     claims = claims_dir()
@@ -121,4 +126,4 @@ def free_block(host: str = "127.0.0.1", size: int = BLOCK) -> tuple[int, int]:
             except OSError:  # unnoted, the block still serves; another Serve may be handed it while it starts
                 pass
             return start, start + size
-    raise OSError(f"no block of {size} free ports in {BLOCKS}-{high} on {host}")
+    return SERVE_DEFAULT
