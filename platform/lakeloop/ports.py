@@ -34,6 +34,16 @@ def ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def _free(host: str, port: int) -> bool:
+    """Whether nothing holds ``port`` on ``host`` now (a bind succeeds)."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port on ``host`` nothing holds now, outside the ephemeral range where it can be.
 
@@ -42,11 +52,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     high = min(BLOCKS, ephemeral_range()[0])
     candidates = range(LOW, high)
     for port in random.sample(candidates, min(200, len(candidates))):
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
+        if _free(host, port):
             return port
     with socket.socket() as s:
         s.bind((host, 0))
@@ -109,18 +115,9 @@ def free_block(host: str = "127.0.0.1", size: int = BLOCK) -> tuple[int, int]:
         except OSError:
             return 0.0
 
-    def all_free(start: int) -> bool:
-        for port in range(start, start + size):
-            with socket.socket() as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    return False
-        return True
-
     # unclaimed blocks (and claims older than CLAIM_S) first, in random order; then the least recently claimed
     for start in sorted(starts, key=lambda s: max(claimed_at(s), now - CLAIM_S)):
-        if all_free(start):
+        if all(_free(host, port) for port in range(start, start + size)):
             try:
                 (claims / str(start)).touch()
             except OSError:  # unnoted, the block still serves; another Serve may be handed it while it starts

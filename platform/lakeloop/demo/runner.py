@@ -419,16 +419,26 @@ class _Loop:
             self.display.log(f"[cyan]event[/] {e['kind']}"
                              + (f" v{e['version']}" if e['version'] is not None else "") + f": {e['reason'][:200]}")
 
+    def _submitted(self) -> list[str]:
+        """The retrain jobs this demo's monitor submitted, oldest first (their submission ids)."""
+        ids = [((e.get("details") or {}).get("result") or {}).get("submission_id") for e in self.events
+               if e["kind"] == "retrain_submitted"]
+        return [i for i in ids if i]
+
+    def _jobs_client(self):
+        """The job server's client, made once (the drift loop asks it every few seconds)."""
+        if getattr(self, "_client", None) is None:
+            self._client = self.trigger.client()
+        return self._client
+
     def _job_running(self) -> bool | None:
         """Whether the newest retrain job this demo's monitor submitted has not ended yet; None when there is
         none, or its status could not be read (the job server busy: asked again later)."""
-        ids = [((e.get("details") or {}).get("result") or {}).get("submission_id") for e in self.events
-               if e["kind"] == "retrain_submitted"]
-        ids = [i for i in ids if i]
+        ids = self._submitted()
         if not ids or getattr(self, "trigger", None) is None:
             return None
         try:
-            return not self.trigger.client().get_job_status(ids[-1]).is_terminal()
+            return not self._jobs_client().get_job_status(ids[-1]).is_terminal()
         except Exception:  # any failure to ask is "unknown", never the end of the loop
             return None
 
@@ -438,11 +448,9 @@ class _Loop:
         if getattr(self, "trigger", None) is None:  # stopped before the monitor was started
             return False
         self._poll_events()
-        ids = [((e.get("details") or {}).get("result") or {}).get("submission_id") for e in self.events
-               if e["kind"] == "retrain_submitted"]
-        client, stopped = None, False
-        for job_id in filter(None, ids):
-            client = client or self.trigger.client()
+        stopped = False
+        for job_id in self._submitted():
+            client = self._jobs_client()
             if not client.get_job_status(job_id).is_terminal():
                 client.stop_job(job_id)
                 stopped = True
@@ -556,7 +564,7 @@ class _Loop:
     def _job(self, job_id: str | None) -> dict:
         if not job_id:
             return {}
-        client = self.trigger.client()
+        client = self._jobs_client()
         # it ends right after its last event, but its exit (Ray shutdown, log flush) is slow on a busy machine
         deadline = time.monotonic() + 300
         status = client.get_job_status(job_id)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lakeloop.errors import ConfigError, ConnectError, LakeloopError
-from lakeloop.ports import free_block, free_ports
+from lakeloop.ports import SERVE_DEFAULT, free_block, free_ports
 
 if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
@@ -57,7 +57,7 @@ def haproxy_env(host: str, max_body: int | None = None) -> dict[str, str]:
     stats, metrics, fallback_http, fallback_grpc = free_ports(4, host)
     if "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT" in os.environ:  # the operator's range
         direct = (os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
-                  os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "31000"))
+                  os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", str(SERVE_DEFAULT[1])))
     else:
         direct = tuple(str(p) for p in free_block(host))
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
