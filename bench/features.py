@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -33,12 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lakeloop.ports import free_port  # below the ephemeral range (lakeloop/ports.py)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed(fn, repeat: int = 1):

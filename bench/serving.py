@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from lakeloop.ports import free_port  # below the ephemeral range (lakeloop/ports.py)
 
 BENCH = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -126,11 +127,6 @@ PLAIN_SERVE = textwrap.dedent('''
     ray.shutdown()
 ''')
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post_ok(url: str, body: bytes, timeout: float = 5) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -75,22 +76,40 @@ def start_session_ray():
 def ray_head(s3, request):
     """One Ray head with its job server for the session, started with the README's single-machine line
     (`tests/ray_heads.py`); yields (dashboard address, env for Ray clients, head pid). Its logs are kept
-    when a test fails while it runs."""
+    when a test fails while it runs. Every module that uses it is in HEAD_GROUP, so one worker starts it, and
+    it is stopped right after its last test (its dashboard, agents and job server otherwise idle on the two
+    cores for the rest of the run)."""
     from ray_heads import running_head
 
     failed_before = request.session.testsfailed
-    with running_head(num_cpus=2, failed=lambda: request.session.testsfailed > failed_before) as head:
-        yield head
+    with contextlib.ExitStack() as stack:
+        head = stack.enter_context(running_head(num_cpus=2,
+                                                failed=lambda: request.session.testsfailed > failed_before))
+        _early_close["ray_head"] = stack.close
+        try:
+            yield head
+        finally:
+            _early_close.pop("ray_head", None)
 
 
-# -- one served platform for tests/test_serving.py and tests/test_fuzz.py ------------------------------
-SERVE_GROUP = ("test_serving.py", "test_fuzz.py", "test_faults.py")  # run together, in this order (faults kills)
+# -- one served platform for tests/test_serving.py, test_fuzz.py and test_serving_features.py -------------
+SERVE_GROUP = ("test_serving.py", "test_fuzz.py", "test_serving_features.py",  # run together, in this order:
+               "test_faults.py")  # the first three share `serve_platform`; faults kills, on a Serve of its own
+# every module that uses `ray_head`, run together on one worker: spread over both, each worker started a head
+# of its own, the second one while the demo loaded both cores (in clean-clone runs that start took 186-399 s,
+# with one or two aborted heads; tests/ray_heads.py)
+HEAD_GROUP = ("test_jobs.py", "test_job_submit.py", "test_secrets.py", "test_sockets.py")
+GROUPS = {"serve": SERVE_GROUP, "head": HEAD_GROUP}
+
+
+def _group(name: str) -> str | None:
+    return next((key for key, modules in GROUPS.items() if name in modules), None)
 _early_close: dict[str, Callable[[], None]] = {}  # session fixtures stopped right after their last user
 
 
 @pytest.fixture(scope="session")
 def serve_platform(tmp_path_factory, ray_session):
-    """(ll, versions): `tests/shared_platform.py` started once for test_serving and test_fuzz (~45 s on 2
+    """(ll, versions): `tests/shared_platform.py` started once for SERVE_GROUP's first three modules (~45 s on 2
     cores); stopped after the last test that uses it (pytest_runtest_teardown), so a later module starting
     its own Serve in this Ray finds none running."""
     import shared_platform
@@ -125,12 +144,19 @@ def pytest_runtest_teardown(item, nextitem):
             close()
 
 
-# the heaviest modules first, so that with `-n 2 --dist loadfile` (Makefile) the two workers finish close
-# together; the rest keep their order after them
-HEAVY_FIRST = ("test_cluster.py", "test_retrain.py", "serve", "test_mlflow_server.py", "test_serving_fastpath.py",
-               "test_serving_alias.py", "test_notebook.py", "test_features_cli.py", "test_jobs.py",
-               "test_job_submit.py", "test_platform_record.py", "test_monitoring.py", "test_registry.py",
-               "test_automl.py", "test_s3.py", "test_shared_catalog.py")
+# the heaviest modules (and groups) first, so that with `-n 2 --dist loadfile` (Makefile) the two workers finish
+# close together: xdist hands a worker the next one in this order when it has two tests or fewer left. The
+# order is their time in a clean-clone `make test` (2026-12-01 19:54 UTC, 2 cores): retrain 598 s (the demo
+# 403), the head group 418, the serve group 229 (with serving_features' 87 now in it), registry 225,
+# serve_cli 212, monitoring 190, features_cli 150, mlflow_server 128, cli 108, readme 63, s3 56, automl 53,
+# drift 48, spool 42, bitemporal 39, shared_catalog 30, platform_record 28, status 26; the rest keep their
+# order after them. The head group starts the head at once, before the demo loads the machine. The `scale`
+# suites come early for `make test-scale` (in `make test` they take a few seconds).
+HEAVY_FIRST = ("test_cluster.py", "test_retrain.py", "head", "serve", "test_registry.py", "test_serve_cli.py",
+               "test_monitoring.py", "test_features_cli.py", "test_mlflow_server.py", "test_serving_fastpath.py",
+               "test_serving_alias.py", "test_notebook.py", "test_cli.py", "test_readme.py", "test_s3.py",
+               "test_automl.py", "test_drift.py", "test_spool.py", "test_bitemporal.py", "test_shared_catalog.py",
+               "test_platform_record.py", "test_status.py")
 
 
 def _module(nodeid: str) -> str:
@@ -145,16 +171,17 @@ SCALE_SUITES = ("test_cluster.py", "test_serving_fastpath.py", "test_serving_ali
 
 
 def pytest_collection_modifyitems(config, items):
-    """Module order heaviest first (HEAVY_FIRST), SERVE_GROUP's modules together and in its order; the slow
+    """Module order heaviest first (HEAVY_FIRST), each group's modules (GROUPS) together and in its order; the slow
     tests of SCALE_SUITES marked `scale`."""
     for item in items:
         if _module(item.nodeid) in SCALE_SUITES and item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.scale)
     def rank(item) -> tuple[int, int]:
         name = _module(item.nodeid)
-        key = "serve" if name in SERVE_GROUP else name
+        group = _group(name)
+        key = group or name
         heavy = HEAVY_FIRST.index(key) if key in HEAVY_FIRST else len(HEAVY_FIRST)
-        return heavy, SERVE_GROUP.index(name) if name in SERVE_GROUP else 0
+        return heavy, GROUPS[group].index(name) if group else 0
 
     items.sort(key=rank)  # stable: the order inside a module and among the rest is kept
 
@@ -162,7 +189,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """With `--dist loadfile` (or loadgroup): each module runs whole on one worker (its module fixtures are built
-    once), and SERVE_GROUP's modules together on one worker, in order, so they share `serve_platform`.
+    once), and each group's modules together on one worker, in order: SERVE_GROUP's share `serve_platform`,
+    HEAD_GROUP's `ray_head`.
     (xdist's own loadgroup cannot do that under pytest 9.2: it renames `item._nodeid`, which 9.2 no longer reads.)"""
     if config.getvalue("dist") not in ("loadfile", "loadgroup"):
         return None
@@ -170,7 +198,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ModuleGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "serve" if _module(nodeid) in SERVE_GROUP else nodeid.split("::", 1)[0]
+            return _group(_module(nodeid)) or nodeid.split("::", 1)[0]
 
     return ModuleGroups(config, log)
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from lakeloop.ports import free_port  # below the ephemeral range (lakeloop/ports.py)
 
 USER = "postgres"  # the database superuser initdb creates (trust auth on loopback: a test server only)
 
@@ -54,11 +55,6 @@ def bin_dir() -> Path:
         raise RuntimeError("PostgreSQL for the tests comes from the pgserver wheel: pip install pgserver")
     return Path(list(spec.submodule_search_locations)[0], "pginstall", "bin")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_as() -> dict:
@@ -109,7 +105,7 @@ def running_postgres(database: str = "mlflow", timeout: float = 60):
         subprocess.run([str(bins / "initdb"), "-D", str(data), "-U", USER, "--auth=trust",
                         "--encoding=utf8", "--no-sync"], check=True, stdout=log, stderr=subprocess.STDOUT,
                        timeout=120, **as_user)
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [str(bins / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
              "-k", str(data), "-c", "fsync=off", "-c", "max_connections=50"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lakeloop.ports import free_port  # below the ephemeral range (lakeloop/ports.py)
 
 ACCESS_KEY = "lakeloop-test-key"
 SECRET_KEY = "lakeloop-test-secret"
@@ -61,16 +62,11 @@ class S3Server:
         return f"s3://{name}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @contextmanager
 def running_s3(log_dir: str | os.PathLike, timeout: float = 60):
     """Start moto's server on a free loopback port; yield an :class:`S3Server`; stop it by PID."""
-    port = _free_port()
+    port = free_port()
     log = open(Path(log_dir, "moto.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

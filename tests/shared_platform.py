@@ -1,18 +1,18 @@
-"""One served platform for tests/test_serving.py and tests/test_fuzz.py (the `serve_platform` fixture).
+"""One served platform for tests/test_serving.py, test_fuzz.py and test_serving_features.py (the
+`serve_platform` fixture).
 
 Starting it (four registered versions, three version deployments, Serve, the log writer and the
-online store) takes about 45 s on 2 cores, so the two modules share one instance: conftest runs
+online store) takes about 45 s on 2 cores, so the modules share one instance: conftest runs
 them one after the other and stops it after the last test that uses it, before any other test
 starts Serve in the same Ray (there is one Serve, one HTTP port, per Ray).
 
-Its settings are the union of what both modules need: request limits of 50 rows and 200,000
+Its settings are the union of what the modules need: request limits of 50 rows and 200,000
 bytes, a feedback token (so feedback needs it; feedback without a configured token is tested
 by tests/test_retrain.py), and the online store serving `user_rows` over HTTP.
 """
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import pandas as pd
 import lakeloop
 import serving_models
 from lakeloop.features import Entity, Feature, FeatureView, online
+from lakeloop.ports import free_port  # below the ephemeral range (lakeloop/ports.py)
 
 FEEDBACK_TOKEN = "feedback-token-for-the-serving-tests"
 MAX_BYTES, MAX_ROWS = 200_000, 50
@@ -32,15 +33,10 @@ user_rows = FeatureView(name="user_rows", entities=[user], source="raw.events", 
                         features=[Feature(name="amount")], ttl="7d")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start(root: Path) -> tuple["lakeloop.Lakeloop", list[int]]:
     """Register the versions, materialize `user_rows`, start the online store and serving; returns (ll, versions)."""
-    ll = lakeloop.connect(lake_root=str(root), serve_port=_free_port(), online_port=_free_port(),
+    ll = lakeloop.connect(lake_root=str(root), serve_port=free_port(), online_port=free_port(),
                           ray_namespace="serving-tests", serve_max_rows=MAX_ROWS, serve_max_bytes=MAX_BYTES,
                           serve_feedback_token=FEEDBACK_TOKEN, serve_replicas=1)  # replica kills: test_faults
     versions = [serving_models.register(ll, "fraud", t) for t in THRESHOLDS]

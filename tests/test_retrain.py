@@ -1,10 +1,9 @@
-"""The retrain loop: the champion/challenger test, its settings, the job trigger, a shadow rollback, the demo."""
+"""The retrain loop: the champion/challenger test, its settings, a shadow rollback, the demo (the job trigger against
+a real job server is in test_jobs.py, beside the other tests of the shared `ray start` head)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 
 import lakeloop
-from conftest import BIN, REPO, free_port
+from conftest import free_port
 from lakeloop.automl.family import default_points, warm_points
 from lakeloop.errors import RetrainError
 from lakeloop.retrain import RetrainSpec, compare, two_proportion
@@ -259,42 +258,6 @@ def test_submission_ids_are_per_lake_model_and_window():
     assert a != submission_id("/lake/b", "fraud model", 7) and a != submission_id("/lake/a", "fraud model", 8)
     # a new monitor (a reset lake, a new MLflow run) on the same long-lived cluster gets new ids
     assert submission_id("/lake/a", "fraud model", 7, "0123456789ab").endswith("-01234567-w7")
-
-
-# -- a real job server ---------------------------------------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_a_monitors_trigger_submits_one_retrain_job_that_records_why_it_failed(ll, ray_head):
-    from lakeloop.monitoring import read_events
-
-    address, _env, _pid = ray_head
-    trigger = JobTrigger.for_lake(ll, {"model": "nochamp", "budget_s": 5}, address=address)
-    context = {"model": "nochamp", "window": 7, "reason": "drift in 3 consecutive windows of version 1"}
-    first = trigger(context)
-    sid = submission_id(ll.config.lake.root, "nochamp", 7)
-    assert first == {"submission_id": sid, "address": address}
-    assert trigger({**context, "window": 8}) == {"submission_id": sid, "already_running": True}  # one in flight
-    client = trigger.client()
-    deadline = time.monotonic() + 240
-    while not client.get_job_status(sid).is_terminal():
-        assert time.monotonic() < deadline, client.get_job_logs(sid)
-        time.sleep(1)
-    assert client.get_job_status(sid).value == "FAILED"
-    assert client.get_job_info(sid).metadata["lakeloop.retrain"] == "nochamp"
-    events = read_events(ll, "nochamp")
-    assert list(events["kind"]) == ["retrain_failed"], client.get_job_logs(sid)
-    assert "has no champion" in events["reason"].iloc[0] and events["source"].iloc[0] == f"retrain:{sid}"
-    assert trigger(context) == {"submission_id": sid, "already_submitted": True}  # the same window never twice
-
-    # the README's command: the same job through `ray job submit`
-    proc = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--", sys.executable,
-         "jobs/retrain.py", "--model", "nochamp", "--lake", ll.config.lake.root, "--spec-json",
-         '{"budget_s": 60, "mode": "shadow"}'],
-        cwd=REPO, env=_env, capture_output=True, text=True, timeout=300)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "model 'nochamp' has no champion to retrain against" in output, output
-    assert len(read_events(ll, "nochamp", kinds=["retrain_failed"])) == 2
 
 
 # -- in process: a shadow that is no better is rolled back ------------------------------------------------------

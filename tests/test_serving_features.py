@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 import lakeloop
-from conftest import free_port
 from lakeloop.demo import scenario
-from lakeloop.features import Aggregation, Entity, Feature, FeatureView, online
+from lakeloop.features import Aggregation, Entity, Feature, FeatureView
 from lakeloop.serving.service import http_json
 
 pytestmark = pytest.mark.slow
@@ -17,26 +16,23 @@ spend = FeatureView(name="spend", entities=[customer], source="raw.transactions"
                     features=[Feature(name="amount"), Aggregation(column="amount", function="sum", window="1d")])
 
 
-@pytest.fixture
-def served(tmp_path, ray_session):
-    from ray import serve
-
-    ll = lakeloop.connect(lake_root=str(tmp_path / "lake"), serve_port=free_port(), ray_namespace="serving-fs")
-    ll.lake.ingest(scenario.write_csv(scenario.generate(400, seed=11), tmp_path / "tx.csv"), "raw.transactions",
-                   rules=scenario.RULES_FILE)
+@pytest.fixture(scope="module")
+def served(serve_platform, tmp_path_factory):
+    """`fraudfs`, trained on the `spend` view, deployed on the platform shared with test_serving.py (its own
+    Serve start cost 76-100 s of a clean-clone `make test`); its online store serves `spend` from the
+    materialization on, as it would for a view applied to a running platform."""
+    ll, _versions, state = serve_platform
+    assert not state["closed"], "the shared platform was stopped: its modules must run together (conftest)"
+    csv = scenario.write_csv(scenario.generate(400, seed=11), tmp_path_factory.mktemp("fs") / "tx.csv")
+    ll.lake.ingest(csv, "raw.transactions", rules=scenario.RULES_FILE)
     ll.features.apply([customer, spend])
     ll.features.materialize("spend")
     frame = ll.features.training_frame("raw.transactions", ["spend:*"], timestamp_column="event_time",
                                        known_time=False, full_feature_names=True)  # raw rows have "amount" too
     result = ll.automl.run(frame, target="is_fraud", features=frame.features, families=["linear"],
                            max_trials=1, seed=1, name="fraudfs", gate=False, progress=False)
-    online.start(ll, http=False)
-    ll.serving.up()
     ll.serving.deploy("fraudfs", result.model_version)
-    yield ll
-    ll.serving.down()
-    online.stop(ll)
-    serve.shutdown()
+    return ll
 
 
 def test_entity_ids_are_enough_to_predict(served):
