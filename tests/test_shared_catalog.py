@@ -254,3 +254,90 @@ def test_a_transform_no_other_process_can_import_is_refused_at_apply(ll):
             with pytest.raises(DefinitionError, match=rf"feature view 'xf': its transform .*{message}.*top-level"):
                 step([view])
     assert ll.features.catalog.revision() == -1  # nothing was written
+
+
+def test_applies_racing_each_other_never_record_one_version_twice(ll, lake_root, monkeypatch):
+    """Two processes plan version 2 of one view at the same moment (a barrier after their plans): one records it,
+    the other sees that and records version 3; an identical definition racing the same way is recorded once."""
+    import threading
+
+    from lakeloop.features.catalog import Catalog
+
+    ll.lake.create("raw.events", EVENTS)
+
+    def view(window: str, description: str = "", name: str = "raced"):
+        return FeatureView(name=name, entities=[user], source="raw.events", timestamp_field="event_time",
+                           features=[Aggregation(column="amount", function="sum", window=window)],
+                           description=description)
+
+    ll.features.apply([view("1h")])
+    plan_once, barrier = Catalog.plan, threading.Barrier(2, timeout=60)
+    racers: set[int] = set()  # threads whose first plan has yet to wait for the other's
+
+    def plan_then_wait(self, definitions):
+        out = plan_once(self, definitions)
+        if threading.get_ident() in racers:
+            racers.discard(threading.get_ident())
+            barrier.wait()
+        return out
+
+    monkeypatch.setattr(Catalog, "plan", plan_then_wait)
+
+    def race(*views) -> list[list[dict]]:  # each a view, or a list of views applied together
+        barrier.reset()
+        results: list = [None] * len(views)
+
+        def apply(i):
+            racers.add(threading.get_ident())
+            try:
+                together = views[i] if isinstance(views[i], list) else [views[i]]
+                results[i] = lakeloop.connect(lake_root=str(lake_root)).features.apply(together)
+            except BaseException as exc:  # noqa: BLE001 - shown by the assertion below
+                results[i] = exc
+
+        threads = [threading.Thread(target=apply, args=(i,)) for i in range(len(views))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert all(isinstance(r, list) for r in results), results
+        return results
+
+    def recorded(name: str = "raced") -> list[tuple[int, str]]:
+        rows = ll.lake.table("catalog.feature_views").to_pandas()
+        rows = rows[rows["name"] == name]
+        return sorted(zip(rows["version"], rows["definition_hash"]))
+
+    two_hours, one_day = view("2h"), view("1d")
+    first, second = race(two_hours, one_day)
+    assert {first[0]["to_version"], second[0]["to_version"]} == {2, 3}, (first, second)
+    assert {(p[0]["to_version"], p[0]["definition_hash"]) for p in (first, second)} == set(recorded()[1:])
+    assert [v for v, _ in recorded()] == [1, 2, 3]
+    assert lakeloop.connect(lake_root=str(lake_root)).features.plan([two_hours, one_day])[0]["action"] != "create"
+
+    same = view("3h")
+    a, b = race(same, same)
+    assert sorted(p[0]["action"] for p in (a, b)) == ["new_version", "unchanged"], (a, b)
+    assert [v for v, _ in recorded()] == [1, 2, 3, 4] and recorded()[-1][1] == same.definition_hash
+
+    # a description changed while another apply records a new version: the description is either recorded on
+    # version 4 before version 5 exists, or (planned again) becomes version 6; never a row over version 5
+    described, three_days = view("3h", description="the latest, described"), view("3d")
+    c, d = race(described, three_days)
+    hashes: dict[int, set[str]] = {}
+    for version, digest in recorded():
+        hashes.setdefault(version, set()).add(digest)
+    assert all(len(h) == 1 for h in hashes.values()), recorded()
+    expected = {"update": 5, "new_version": 6}[c[0]["action"]]
+    assert (max(hashes), d[0]["to_version"]) == (expected, 5), (c, d, recorded())
+    latest = lakeloop.connect(lake_root=str(lake_root)).features.describe("raced")
+    assert latest["version"] == expected and latest["description"] == \
+        ("the latest, described" if expected == 6 else "")
+
+    # two views applied together, one of them raced: the other is recorded once, the raced one planned again
+    four_hours, companion, five_hours = view("4h"), view("1h", name="raced_too"), view("5h")
+    e, f = race([four_hours, companion], five_hours)
+    assert [step["view"] for step in e] == ["raced", "raced_too"] and e[1]["action"] == "create", e
+    assert {e[0]["to_version"], f[0]["to_version"]} == {expected + 1, expected + 2}, (e, f)
+    assert [v for v, _ in recorded("raced_too")] == [1]
+    assert [v for v, _ in recorded()][-2:] == [expected + 1, expected + 2]

@@ -19,7 +19,7 @@ import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from lakeloop.errors import DefinitionError, FeatureViewNotFoundError, TableNotFoundError
+from lakeloop.errors import DefinitionError, FeatureViewNotFoundError, TableNotFoundError, WriteConflictError
 from lakeloop.features.definitions import DATA_FORMAT, Entity, FeatureView, check_transform, load_definitions
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ RUN_COLUMNS = {
     "started_at": "timestamp", "finished_at": "timestamp",
 }
 _DESCRIPTIVE = ("description", "owner", "tags", "online")
+APPLY_ATTEMPTS = 5  # plans made again after another apply took the versions this one planned
 
 
 class Catalog:
@@ -84,18 +85,20 @@ class Catalog:
         return int(self._views_log.version())
 
     def view_rows(self) -> "pd.DataFrame":
-        """Every applied row (all versions), oldest first; read again only when :meth:`revision` moved."""
+        """Every applied row (all versions), by version and time; read again only when :meth:`revision` moved."""
         return self._current()[1]
 
     def _current(self) -> tuple[int, "pd.DataFrame", dict[str, list[dict]]]:
-        """(revision, rows, rows by view name oldest first), read once per revision."""
+        """(revision, rows, rows by view name by version and time), read once per revision."""
         import pandas as pd
 
         revision = self.revision()
         if self._rows is not None and self._rows[0] == revision:
             return self._rows
         df = self.lake.table(VIEWS).to_pandas(version=revision) if revision >= 0 else pd.DataFrame()
-        df = df.sort_values("applied_at", kind="stable").reset_index(drop=True) if len(df) else df
+        # by version, then time: a view's last row is its latest version (as described last); an apply that lost a
+        # race to record a version and took the next one may have started, so stamped its rows, first
+        df = df.sort_values(["version", "applied_at"], kind="stable").reset_index(drop=True) if len(df) else df
         by_name: dict[str, list[dict]] = {}
         for r in df.to_dict("records"):
             by_name.setdefault(r["name"], []).append(r)
@@ -144,7 +147,7 @@ class Catalog:
         return dict(rows[-1]) if rows else None
 
     def applied(self, name: str) -> "pd.DataFrame":
-        """Every applied row of one view, oldest first; a clear error when there is none."""
+        """Every applied row of one view, by version and time; a clear error when there is none."""
         df = self.view_rows()
         rows = df[df["name"] == name] if len(df) else df
         if rows.empty:
@@ -211,18 +214,32 @@ class Catalog:
                    or known[e.name]["description"] != e.description]
             if new:
                 self._table(ENTITIES, ENTITY_COLUMNS).append(pd.DataFrame(new))
-        plan = self.plan(views)
-        rows = []
-        for v, step in zip(views, plan):
-            if step["action"] == "unchanged":
-                continue
-            rows.append({"name": v.name, "version": step["to_version"], "definition_hash": v.definition_hash,
-                         "spec": json.dumps(v.to_data(), sort_keys=True), **_descriptive(v),
-                         "tags": json.dumps(v.tags, sort_keys=True), "source": v.source,
-                         "definitions_ref": ref, "applied_at": now})
-        if rows:
-            self._table(VIEWS, VIEW_COLUMNS).append(pd.DataFrame(rows))
-        return plan
+        written: dict[str, dict] = {}  # view name -> the step that wrote its row
+        for attempt in range(APPLY_ATTEMPTS):
+            now = now if attempt == 0 else pd.Timestamp(datetime.now(timezone.utc))
+            pending = [v for v in views if v.name not in written]
+            plan = dict(zip([v.name for v in pending], self.plan(pending)))
+            rows = [{"name": v.name, "version": plan[v.name]["to_version"], "definition_hash": v.definition_hash,
+                     "spec": json.dumps(v.to_data(), sort_keys=True), **_descriptive(v),
+                     "tags": json.dumps(v.tags, sort_keys=True), "source": v.source,
+                     "definitions_ref": ref, "applied_at": now}
+                    for v in pending if plan[v.name]["action"] != "unchanged"]
+            if rows:
+                result = self._table(VIEWS, VIEW_COLUMNS).insert_missing(pd.DataFrame(rows), _claim(rows, plan))
+                if result.metrics.get("num_target_rows_inserted") != len(rows):
+                    # another apply recorded a version of some of these views since they were planned: the rows
+                    # that went in are done; the others are planned again against what it wrote (a version is never
+                    # recorded twice)
+                    now_rows = self._current()[2]
+                    written.update({r["name"]: plan[r["name"]] for r in rows
+                                    if any(o["applied_at"] == now and int(o["version"]) == r["version"]
+                                           for o in now_rows.get(r["name"], []))})
+                    continue
+            written.update(plan)
+            return [written[v.name] for v in views]
+        raise WriteConflictError(f"feature views {sorted(v.name for v in views if v.name not in written)}: other "
+                                 f"applies recorded new versions {APPLY_ATTEMPTS} times while this one planned; "
+                                 "apply again")
 
     def entities(self) -> list[dict]:
         df = self._read(ENTITIES)
@@ -250,6 +267,14 @@ class Catalog:
             df = df[df["definition_hash"] == definition_hash]
         df = df[df["mode"] != "noop"] if len(df) else df
         return None if df.empty else df.iloc[-1].to_dict()
+
+
+def _claim(rows: list[dict], plan: dict[str, dict]) -> str:
+    """The MERGE predicate under which a planned row is not written: its view has, by now, a row at the version it
+    creates, or (a descriptive update of version N) a row of a later version. View names are identifiers."""
+    floors = " OR ".join(f"(s.name = '{r['name']}' AND t.version >= "
+                         f"{r['version'] + (plan[r['name']]['action'] == 'update')})" for r in rows)
+    return f"t.name = s.name AND ({floors})"
 
 
 def _descriptive(v: FeatureView) -> dict:

@@ -40,7 +40,7 @@ WRITE_ATTEMPTS = 12
 BATCH_ID_KEY = "lakeloop.batch_id"
 HISTORY_KEY = "lakeloop.history_column"  # commit metadata: rows known at this event-time column (a backfill)
 # writes that build on the current files; overwrite and restore replace them, so they may repair a table
-BUILDS_ON_FILES = ("append", "upsert", "delete", "optimize")
+BUILDS_ON_FILES = ("append", "upsert", "insert_missing", "delete", "optimize")
 _COMMIT_NAME = re.compile(r"(\d{20})\.json")
 
 
@@ -559,6 +559,24 @@ class Table:
             )
 
         return self._commit("upsert", merge, batch.num_rows, batch_id, history=history)
+
+    def insert_missing(self, data: Any, predicate: str, *, batch_id: str | None = None) -> WriteResult:
+        """Insert the rows no row of the table matches, as one commit (a Delta MERGE that only inserts).
+
+        ``predicate`` relates a table row (``t.``) to a new row (``s.``), e.g.
+        ``"t.name = s.name AND t.version >= s.version"``. Unlike an append, a
+        concurrent writer's rows count: the merge that loses the race is run again
+        on the table as it then is, and skips the rows the winner's now match.
+        ``metrics["num_target_rows_inserted"]`` says how many went in.
+        """
+        batch = self.schema.conform(as_arrow(data), table=self.name)
+
+        def merge(dt, props):
+            return (dt.merge(batch, predicate, source_alias="s", target_alias="t", commit_properties=props)
+                    .when_not_matched_insert_all()
+                    .execute())
+
+        return self._commit("insert_missing", merge, batch.num_rows, batch_id)
 
     def delete(self, predicate: str) -> WriteResult:
         """Delete rows matching a SQL predicate (e.g. ``"amount < 0"``)."""
