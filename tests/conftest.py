@@ -144,19 +144,27 @@ def pytest_runtest_teardown(item, nextitem):
             close()
 
 
-# the heaviest modules (and groups) first, so that with `-n 2 --dist loadfile` (Makefile) the two workers finish
-# close together: xdist hands a worker the next one in this order when it has two tests or fewer left. The
-# order is their time in a clean-clone `make test` (2026-12-01 19:54 UTC, 2 cores): retrain 598 s (the demo
-# 403), the head group 418, the serve group 229 (with serving_features' 87 now in it), registry 225,
-# serve_cli 212, monitoring 190, features_cli 150, mlflow_server 128, cli 108, readme 63, s3 56, automl 53,
-# drift 48, spool 42, bitemporal 39, shared_catalog 30, platform_record 28, status 26; the rest keep their
-# order after them. The head group starts the head at once, before the demo loads the machine. The `scale`
-# suites come early for `make test-scale` (in `make test` they take a few seconds).
-HEAVY_FIRST = ("test_cluster.py", "test_retrain.py", "head", "serve", "test_registry.py", "test_serve_cli.py",
-               "test_monitoring.py", "test_features_cli.py", "test_mlflow_server.py", "test_serving_fastpath.py",
-               "test_serving_alias.py", "test_notebook.py", "test_cli.py", "test_readme.py", "test_s3.py",
-               "test_automl.py", "test_drift.py", "test_spool.py", "test_bitemporal.py", "test_shared_catalog.py",
-               "test_platform_record.py", "test_status.py")
+# the order xdist hands modules (and groups) out in, with `-n 2 --dist loadfile` (Makefile): a worker gets the
+# next one when it has two tests or fewer left. Times from a clean-clone `make test` (2026-12-01 19:54 UTC, 2
+# cores): retrain 598 s (the demo 403 of it), the head group 418, the serve group 229 (with serving_features'
+# 87 now in it), registry 225, serve_cli 212, monitoring 190, features_cli 150, mlflow_server 128, cli 108,
+# readme 63, s3 56, automl 53, drift 48, spool 42, bitemporal 39, shared_catalog 30, platform_record 28,
+# status 26.
+# - retrain, with the demo, first: the long pole. The head group beside it starts the head at once, before
+#   the demo loads the machine.
+# - DURING_DEMO next: light modules, for the other worker while the demo runs. In a run that gave it the
+#   registry (whose gate test loads the CPU on purpose) and serve_cli instead, the demo's retrain job took 8
+#   minutes to train and the demo 824 s, against 403 s beside lighter ones.
+# - then the heavy rest, longest first, and the smallest last, so that the two workers finish close together.
+# The `scale` suites (cluster, fastpath, alias, notebook) come early for `make test-scale`; in `make test` they
+# take a few seconds.
+DURING_DEMO = ("test_drift.py", "test_spool.py", "test_bitemporal.py", "test_shared_catalog.py",
+               "test_platform_record.py", "test_status.py", "test_online.py", "test_prometheus.py", "test_pit.py",
+               "test_features.py")
+HEAVY_FIRST = ("test_cluster.py", "test_retrain.py", "head", *DURING_DEMO, "serve", "test_registry.py",
+               "test_serve_cli.py", "test_monitoring.py", "test_features_cli.py", "test_mlflow_server.py",
+               "test_serving_fastpath.py", "test_serving_alias.py", "test_notebook.py", "test_cli.py",
+               "test_readme.py", "test_s3.py", "test_automl.py")
 
 
 def _module(nodeid: str) -> str:

@@ -72,7 +72,8 @@ def check_demo_summary(summary: dict, lake: Path, capsys) -> None:
     versions = summary["data_versions"]
     assert versions["raw.transactions"]["latest"] > versions["raw.transactions"]["after_history"]
     assert versions["features.customer_stats"]["latest"] > versions["features.customer_stats"]["after_history"]
-    assert summary["shutdown"] == {"monitor": "stopped", "serving": "stopped", "online store": "stopped"}
+    assert summary["shutdown"] == {"monitor": "stopped", "serving": "stopped", "online store": "stopped"}, \
+        summary["shutdown"]
     assert summary["plot"].endswith("_demo/loop.png") and (lake / "_demo" / "loop.png").stat().st_size
     run = lakeloop.connect(lake_root=summary["lake"]).mlflow.get_run(summary["demo_mlflow_run"])
     assert run.data.metrics["failed_requests"] == 0 and run.data.metrics["canary_p_value"] < 0.05

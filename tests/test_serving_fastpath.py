@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -21,8 +22,8 @@ from test_sockets import is_loopback, listening as tree_listening
 from lakeloop.errors import ConfigError, ModelLoadError, ServiceUnavailableError
 from lakeloop.serving.controller import app_running
 from lakeloop.serving.deployments import app_name, predict_grouped
-from lakeloop.serving.service import (HAPROXY_DRAIN_S, HAPROXY_WRAPPER, check_modes, controller_env, haproxy_processes,
-                                      slow_proxies_tolerated, stop_node_haproxies, stop_processes)
+from lakeloop.serving.service import (HAPROXY_DRAIN_S, HAPROXY_WRAPPER, _serve_running, check_modes, controller_env,
+                                      haproxy_processes, slow_proxies_tolerated, stop_node_haproxies, stop_processes)
 
 ROW = {"amount": 150.0, "country": "US"}
 
@@ -391,6 +392,19 @@ def test_isolated_mode_behind_the_python_proxy_still_answers_from_the_versions_d
         status, answer = call(port, "POST", "/v1/models/fraud/predict", {"rows": [ROW]})
         assert status == 200 and answer["version"] == v1 and answer["predictions"][0]["prediction"] == 1
         assert call(port, "GET", "/v1/models")[1]["models"]["fraud"]["versions"][str(v1)]["in_process"] is False
+        def other(request):
+            return {"app": "not lakeloop's"}
+
+        serve.run(serve.deployment(ray_actor_options={"num_cpus": 0.01})(other).bind(), name="other",
+                  route_prefix="/other")
+        assert ll.serving.down()["serve_stopped"] is False  # another application runs in it: Serve stays
+        assert call(port, "GET", "/other") == (200, {"app": "not lakeloop's"})
+        serve.delete("other")
+        ll.serving.up()
+        assert ll.serving.down()["serve_stopped"] is True  # the Serve it started, behind Serve's proxy, is stopped
+        assert not _serve_running()
+        with pytest.raises(OSError):  # its proxy let go of the port
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
         ll.serving.down()
         serve.shutdown()  # the next module starts its own

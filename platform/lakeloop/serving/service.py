@@ -219,7 +219,8 @@ class Serving:
 
     def __init__(self, ll: "Lakeloop"):
         self.ll = ll
-        self.started_serve = False  # this object started Serve with haproxy (down() stops both, haproxy by PID)
+        self.started_serve = False  # this object started Serve: down() stops it, unless apps not lakeloop's run in it
+        self.started_haproxy = False  # ... with its haproxy ingress (a haproxy can outlive Serve: stopped by PID)
         self.deployed: list[dict] = []  # what up(deploy=...) deployed
         self.node_id: str | None = None
 
@@ -300,10 +301,11 @@ class Serving:
         if not _serve_running():
             try:
                 env = serve_env(cfg)
-                self.started_serve = cfg.serve.ingress == "haproxy"  # with its haproxy: down() stops both
+                self.started_haproxy = cfg.serve.ingress == "haproxy"
             except ConfigError as exc:  # no haproxy binary here (Ray's serve extra ships one for Linux only)
                 logging.getLogger("lakeloop.serving").warning("%s; serving behind Serve's Python proxy", exc)
                 env = controller_env()
+            self.started_serve = True
             options = {"runtime_env": {"env_vars": env}}
             with slow_proxies_tolerated():  # serve.run below then joins the controller started here
                 serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port},
@@ -356,21 +358,29 @@ class Serving:
             controller = self._controller()
         except ConnectError:  # stopped before the controller was created
             controller = None
-        if _serve_running():
+        running = _serve_running()
+        if running:
             serve.delete(INGRESS_APP)  # first: requests in flight finish, shadow answers reach the writer
+        others = _other_apps() if running else []
+        stop_serve = self.started_serve and not others  # also when its controller is not up yet (a stopped start)
+        if self.started_serve and others:
+            logging.getLogger("lakeloop.serving").warning(
+                "Serve keeps running (and holds %s): applications not started by lakeloop run in it: %s",
+                self.url, ", ".join(others))
         # the versions' apps log nothing; when Serve stops too, they drain (3 s each behind haproxy) while the
         # writer flushes, and serve.shutdown() waits for them: one wait, not one per app and then Serve's
-        removed = ray.get(controller.undeploy_all.remote(wait=not self.started_serve)) if controller else []
+        removed = ray.get(controller.undeploy_all.remote(wait=not stop_serve)) if controller else []
         flushed = logbook.stop_writer(self.ll)
         if controller is not None:
             ray.kill(controller, no_restart=True)
         stopped: list[int] = []
-        if self.started_serve:  # Serve and its haproxy go too; a haproxy can outlive Serve: stopped by PID
+        if stop_serve:  # Serve (its proxies free the port) and its haproxy go too
             serve.shutdown()
-            self.started_serve = False
-            if self.node_id:
+            if self.started_haproxy and self.node_id:
                 stopped = stop_node_haproxies(self.node_id)
-        return {"apps_removed": removed, "log_flushed": flushed, "haproxy_stopped": stopped}
+            self.started_serve = self.started_haproxy = False
+        return {"apps_removed": removed, "log_flushed": flushed, "haproxy_stopped": stopped,
+                "serve_stopped": stop_serve}
 
     # -- changes (through the controller) ------------------------------------------------
     def _call(self, method: str, **kwargs) -> dict:
@@ -464,6 +474,19 @@ def check_modes(cfg) -> None:
     if not 0 <= cfg.serve.batch_wait_ms <= MAX_BATCH_WAIT_MS:
         raise ConfigError(f"serve.batch_wait_ms must be between 0 and {MAX_BATCH_WAIT_MS}, "
                           f"got {cfg.serve.batch_wait_ms}")
+
+
+def _other_apps() -> list[str]:
+    """The applications in the running Serve that are not lakeloop's (the ingress, a version's ``app_name``); none
+    when Serve cannot say (its controller dying: the Serve this process started is stopped then)."""
+    from ray import serve
+
+    try:
+        names = serve.status().applications
+    except Exception as exc:  # noqa: BLE001 - any failure to ask means no app is known to need it
+        logging.getLogger("lakeloop.serving").warning("Serve's status is not available (%s)", exc)
+        return []
+    return sorted(n for n in names if n != INGRESS_APP and not n.startswith(f"{INGRESS_APP}-"))
 
 
 def _serve_running() -> bool:
