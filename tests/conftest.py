@@ -103,7 +103,10 @@ GROUPS = {"serve": SERVE_GROUP, "head": HEAD_GROUP}
 
 
 def _group(name: str) -> str | None:
+    """The group (a key of GROUPS) a module runs in, or None."""
     return next((key for key, modules in GROUPS.items() if name in modules), None)
+
+
 _early_close: dict[str, Callable[[], None]] = {}  # session fixtures stopped right after their last user
 
 
@@ -179,8 +182,8 @@ SCALE_SUITES = ("test_cluster.py", "test_serving_fastpath.py", "test_serving_ali
 
 
 def pytest_collection_modifyitems(config, items):
-    """Module order heaviest first (HEAVY_FIRST), each group's modules (GROUPS) together and in its order; the slow
-    tests of SCALE_SUITES marked `scale`."""
+    """Modules in HEAVY_FIRST's order (the rest after them, as collected), each group's modules (GROUPS) together
+    and in the group's order; the slow tests of SCALE_SUITES marked `scale`."""
     for item in items:
         if _module(item.nodeid) in SCALE_SUITES and item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.scale)
