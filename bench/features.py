@@ -35,8 +35,6 @@ import pandas as pd
 from lakeloop.ports import free_port  # below the ephemeral range (lakeloop/ports.py)
 
 
-
-
 def timed(fn, repeat: int = 1):
     best, out = float("inf"), None
     for _ in range(repeat):

@@ -128,7 +128,6 @@ PLAIN_SERVE = textwrap.dedent('''
 ''')
 
 
-
 def post_ok(url: str, body: bytes, timeout: float = 5) -> bool:
     try:
         req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})

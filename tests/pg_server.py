@@ -56,7 +56,6 @@ def bin_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0], "pginstall", "bin")
 
 
-
 def _run_as() -> dict:
     """Popen arguments that run the server as a non-root user when this process is root."""
     if os.geteuid() != 0:

@@ -62,7 +62,6 @@ class S3Server:
         return f"s3://{name}"
 
 
-
 @contextmanager
 def running_s3(log_dir: str | os.PathLike, timeout: float = 60):
     """Start moto's server on a free loopback port; yield an :class:`S3Server`; stop it by PID."""

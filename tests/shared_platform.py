@@ -33,7 +33,6 @@ user_rows = FeatureView(name="user_rows", entities=[user], source="raw.events", 
                         features=[Feature(name="amount")], ttl="7d")
 
 
-
 def start(root: Path) -> tuple["lakeloop.Lakeloop", list[int]]:
     """Register the versions, materialize `user_rows`, start the online store and serving; returns (ll, versions)."""
     ll = lakeloop.connect(lake_root=str(root), serve_port=free_port(), online_port=free_port(),

@@ -392,6 +392,7 @@ def test_isolated_mode_behind_the_python_proxy_still_answers_from_the_versions_d
         status, answer = call(port, "POST", "/v1/models/fraud/predict", {"rows": [ROW]})
         assert status == 200 and answer["version"] == v1 and answer["predictions"][0]["prediction"] == 1
         assert call(port, "GET", "/v1/models")[1]["models"]["fraud"]["versions"][str(v1)]["in_process"] is False
+
         def other(request):
             return {"app": "not lakeloop's"}
 
