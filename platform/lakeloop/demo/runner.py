@@ -302,8 +302,10 @@ class _Loop:
         self.trigger = JobTrigger.for_lake(ll, spec)
         # the request's own signals: the online aggregates are only refreshed by materialization (the retrain
         # job's), so their latest-per-entity values differ from the training rows' by construction
+        # one retrain per demo: with a 600 s cooldown, a run on a loaded machine (764 s) still had drifted traffic
+        # when it ran out, and the monitor submitted a second retrain after the first one's promotion
         monitoring.start(ll, MODEL, window_rows=s.window_rows, poll_s=1.0, metric="accuracy", features=REQUEST_FEATURES,
-                         policy=Policy(consecutive=s.consecutive, cooldown_s=600.0), trigger=self.trigger)
+                         policy=Policy(consecutive=s.consecutive, cooldown_s=3600.0), trigger=self.trigger)
         self.display.step("monitor", f"drift monitor on {MODEL}: windows of {s.window_rows} rows, retrain after "
                                      f"{s.consecutive} drifting windows in a row")
         known = ll.lake.table(TABLE).to_pandas(columns=["customer_id", "merchant_id"])
