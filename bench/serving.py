@@ -21,7 +21,11 @@ worst round's), errors (non-2xx and socket errors). Servers:
 - ``fastapi_floor``: the model in a bare FastAPI + uvicorn process.
 
 Also the start: ``lakeloop serve up -m bench`` and ``mlflow models serve`` are
-started side by side, and the time to each one's first 200 is printed. Before
+started side by side, and the time to each one's first 200 is printed. ``serve
+up`` answers first from its own process (its bootstrap server, while Ray and
+Serve start): also printed are which answered the first 200, when Serve's
+ingress answered ``/healthz`` (the port handed over), and whether the
+bootstrap's answer and Serve's for the same row are equal. Before
 them, a plain Ray Serve app (HAProxy, no dashboard) and another ``mlflow
 models serve`` are started side by side the same way and stopped: the start of
 Ray and Serve themselves, the floor under any Serve-based server's start.
@@ -307,9 +311,16 @@ def lakeloop_env(lake: str, port: int, tracking: str, **extra) -> dict:
     return {**env, **{f"LAKELOOP_SERVE_{k.upper()}": str(v) for k, v in extra.items()}}
 
 
+def post_json(url: str, body: dict, timeout: float = 10) -> tuple[dict, dict]:
+    """One POST: the JSON answer and the headers (lower-case names)."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read()), {k.lower(): v for k, v in r.headers.items()}
+
+
 def side_by_side(servers: Servers, starts: dict) -> tuple[dict, dict]:
-    """Start ``{key: (argv, env, stdin, url, body)}`` at once; returns each one's seconds to its first 200, and
-    its process."""
+    """Start ``{key: (argv, env, stdin, url, body)}`` at once; returns each one's seconds to its first 200 (and
+    ``"t0"``, the monotonic time they were started), and its process."""
     t0 = time.monotonic()
     procs = {key: servers.start(argv, env, stdin) for key, (argv, env, stdin, _, _) in starts.items()}
     done: dict = {}
@@ -325,7 +336,33 @@ def side_by_side(servers: Servers, starts: dict) -> tuple[dict, dict]:
         t.join()
     if set(done) != set(starts):
         raise RuntimeError(f"a server did not start: {done}")
-    return done, procs
+    return {**done, "t0": t0}, procs
+
+
+def wait_healthz(port: int, timeout: float = 300) -> float:
+    """Poll until lakeloop's ingress answers ``/healthz`` 200 (its bootstrap server answers 503 there); returns
+    the monotonic time it did. Only then is what a lakeloop server answers Serve's, and measured."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return time.monotonic()
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"lakeloop's ingress did not answer /healthz within {timeout} s")
+
+
+def takeover(port: int, url: str, t0: float, timeout: float = 300) -> dict:
+    """``serve up`` answers from its own process first (its bootstrap server) and then from Serve: the seconds
+    to Serve's first ``/healthz`` 200, and whether the two answered the same row alike (every output column)."""
+    first, headers = post_json(url, {"rows": [ROW]})
+    serve_s = round(wait_healthz(port, timeout) - t0, 2)
+    later, later_headers = post_json(url, {"rows": [ROW]})
+    return {"lakeloop_first_200_from": "bootstrap" if headers.get("x-lakeloop-bootstrap") == "1" else "serve",
+            "lakeloop_serve_healthz_s": serve_s,
+            "later_answer_from": "bootstrap" if later_headers.get("x-lakeloop-bootstrap") == "1" else "serve",
+            "same_answer_bootstrap_and_serve": first["predictions"] == later["predictions"]}
 
 
 def start_all(servers: Servers, ll, name: str, version: int, split: list[int]) -> tuple[dict, dict]:
@@ -363,6 +400,7 @@ def start_all(servers: Servers, ll, name: str, version: int, split: list[int]) -
     done, _ = side_by_side(servers, starts)
     start = {"lakeloop_serve_up_s": done["lakeloop"], "mlflow_models_serve_s": done["mlflow_models_serve"],
              "ratio": round(done["lakeloop"] / done["mlflow_models_serve"], 3), "plain_ray_serve": plain}
+    start.update(takeover(lake_port, lake_url, done["t0"]))
     urls: dict = {key: starts[key][3:] for key in starts}
     # the split: model "bench_split" (the same model, 3 versions) 90/10 with the third as a shadow
     base = f"http://127.0.0.1:{lake_port}/v1/admin/models/bench_split"
@@ -388,6 +426,8 @@ def start_all(servers: Servers, ll, name: str, version: int, split: list[int]) -
     up("lakeloop_isolated", [str(BIN / "lakeloop"), "serve", "up", "-m", name],
        lakeloop_env(f"{servers.tmp}/lake_isolated", iso_port, tracking, mode="isolated"), None,
        f"http://127.0.0.1:{iso_port}/v1/models/{name}/predict", {"rows": [ROW]})
+    if "lakeloop_isolated" in urls:
+        wait_healthz(iso_port)
     # plain Ray Serve, Python proxy and HAProxy
     up("ray_serve_proxy", *plain_start(free_port(), "0"))
     up("ray_serve_haproxy", *plain_start(free_port(), "1"))
@@ -480,8 +520,11 @@ def report(r: dict, levels: list[int]) -> None:
     print(f"serving one row, {r['loadgen']} closed loop, {r['seconds_per_point']} s per point over {r['rounds']} "
           f"alternating rounds, {r['machine']}, {r['date']}; load average before {r['loadavg_before']}, "
           f"after {r['loadavg_after']}")
-    print(f"start to first 200, side by side: lakeloop serve up {r['start']['lakeloop_serve_up_s']} s, mlflow models "
-          f"serve {r['start']['mlflow_models_serve_s']} s (ratio {r['start']['ratio']})")
+    st = r["start"]
+    print(f"start to first 200, side by side: lakeloop serve up {st['lakeloop_serve_up_s']} s (answered by its "
+          f"{st['lakeloop_first_200_from']}), mlflow models serve {st['mlflow_models_serve_s']} s (ratio {st['ratio']}); "
+          f"Serve's ingress answered /healthz at {st['lakeloop_serve_healthz_s']} s; bootstrap and Serve gave the "
+          f"same answer: {st['same_answer_bootstrap_and_serve']}")
     plain = r["start"]["plain_ray_serve"]
     print(f"start to first 200, side by side (before the others): plain Ray Serve (HAProxy) "
           f"{plain['ray_serve_haproxy_s']} s, mlflow models serve {plain['mlflow_models_serve_s']} s "

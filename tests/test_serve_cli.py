@@ -84,14 +84,70 @@ def registered(tmp_path):
     return ll, versions, env
 
 
-def test_serve_up_then_deploy_promote_rollback_from_the_cli(registered, tmp_path):
-    """Also the in-process mode: the ingress answers from its own copy of each live version."""
+class Traffic:
+    """Predictions sent from before `serve up` listens until stopped, over keep-alive connections and new ones:
+    every answer after the first 200 must be a 200 (a refused, reset or 5xx request is a failure)."""
+
+    def __init__(self, port: int):
+        import threading
+
+        self.port, self.stop = port, threading.Event()
+        self.ok: list[tuple[str, bool]] = []  # (request_id, answered by the bootstrap)
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self.run, args=(keep,), daemon=True) for keep in (True, False)]
+        for t in self.threads:
+            t.start()
+
+    def run(self, keep_alive: bool):
+        import http.client
+
+        body = json.dumps({"rows": [ROW]})
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                conn.request("POST", "/v1/models/fraud/predict", body, {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                data = r.read()
+                if r.status == 200:
+                    self.ok.append((json.loads(data)["request_id"], r.getheader("x-lakeloop-bootstrap") == "1"))
+                elif self.ok:
+                    self.failures.append(f"{r.status}: {data[:300]!r}")
+                if not keep_alive or r.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                if self.ok:  # before the first 200 nothing listens yet
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+            time.sleep(0.01)
+
+    def close(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def test_serve_up_answers_at_once_hands_over_then_deploy_promote_rollback_from_the_cli(registered, tmp_path):
+    """`serve up` answers from its own process (its bootstrap server) within seconds, then Serve's HAProxy takes
+    the port: from the first 200 on, not one request refused, reset or failed, through the handover and the
+    deploy, promotions and rollback after it, and every 200 is in the inference log. Also the in-process mode:
+    the ingress answers from its own copy of each live version."""
     ll, (v1, v2), env = registered
     env = {**env, "LAKELOOP_SERVE_IN_PROCESS": "true"}
+    traffic = Traffic(ll.config.serve.port)  # from before serve up listens
     proc = start([str(BIN / "lakeloop"), "serve", "up", "--model", f"fraud:{v1}", "--seconds", "300"], tmp_path,
                  env=env)
     try:
         wait_healthy(ll.serving.url, proc)
+        deadline = time.monotonic() + 60
+        while "while Ray and Serve started, serve up answered" not in output(proc):  # after the bootstrap's drain
+            assert time.monotonic() < deadline and proc.poll() is None, output(proc)
+            time.sleep(0.2)
         deadline = time.monotonic() + 120
         while "fraud" not in http_json("GET", f"{ll.serving.url}/v1/models")["models"]:
             assert time.monotonic() < deadline
@@ -113,13 +169,18 @@ def test_serve_up_then_deploy_promote_rollback_from_the_cli(registered, tmp_path
         assert {ll.serving.predict("fraud", [ROW])["version"] for _ in range(10)} == {v1}
         rid = ll.serving.predict("fraud", [ROW])["request_id"]
     finally:
+        traffic.close()
         code = stop(proc, signal.SIGTERM)  # a supervisor's stop (systemd, docker): the same cleanup as Ctrl-C
     assert code == 0, output(proc)
+    assert not traffic.failures, traffic.failures[:10]
+    booted = [r for r, boot in traffic.ok if boot]
+    assert booted and len(booted) < len(traffic.ok), (len(booted), len(traffic.ok))
     with pytest.raises(OSError):  # Serve's haproxy went with it (Python's default SIGTERM left it on the port)
         socket.create_connection(("127.0.0.1", ll.config.serve.port), timeout=2).close()
     # graceful shutdown flushed the inference log: every answered request is in the lake
     log = ll.lake.table("logs.inference").to_pandas()
     assert rid in set(log["request_id"]) and len(log[log["route"] == "primary"]) >= 51
+    assert {r for r, _ in traffic.ok} <= set(log[log["route"] == "primary"]["request_id"])  # the bootstrap's too
     history = ll.lake.table("serving.traffic").to_pandas()
     assert {"deploy", "promote", "rollback"} <= set(history["action"])
 
@@ -132,6 +193,15 @@ def listeners(port: int) -> list[int]:
                    if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid})
 
 
+def parent(pid: int) -> int | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None
+
+
 def test_serve_up_stopped_while_starting(registered, tmp_path):
     """A supervisor's stop while `serve up` starts (Serve's haproxy already on the port, the ingress not yet
     answering): it stops what it started, haproxy included, and exits 0; before, the stop skipped the cleanup."""
@@ -142,7 +212,9 @@ def test_serve_up_stopped_while_starting(registered, tmp_path):
     proc = start([str(BIN / "lakeloop"), "serve", "up", "--model", f"fraud:{v1}"], tmp_path, env=env)
     deadline = time.monotonic() + 180
     try:
-        while not listeners(port):  # Serve's haproxy binds the port before the ingress's replica has started
+        # Serve's haproxy binds the port before the ingress's replica has started (serve up's bootstrap server,
+        # its child, listens there from the start; haproxy is a child of a Ray worker)
+        while not [pid for pid in listeners(port) if proc.pid not in (pid, parent(pid))]:
             assert proc.poll() is None, output(proc)
             assert time.monotonic() < deadline, output(proc)
             time.sleep(0.1)

@@ -83,6 +83,9 @@ class ServeConfig:
     # where there is no haproxy binary (Ray ships one for Linux), `serve up` warns and uses the proxy. "proxy":
     # Ray Serve's Python proxy. Applies when lakeloop starts Serve in its Ray (a running Serve keeps its own).
     ingress: str = "haproxy"
+    # `serve up` answers predictions from its own process while Ray and Serve start, then hands the port to
+    # Serve's HAProxy (lakeloop.serving.bootstrap); false: nothing answers until the ingress does
+    bootstrap: bool = True
 
 
 @dataclass(frozen=True)

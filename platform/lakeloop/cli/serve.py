@@ -48,25 +48,40 @@ def up(
     """
     import sys
 
+    from lakeloop.serving import bootstrap
+
     ll = ctx.obj.connect()
+    deploy = [_parse_model(spec) for spec in model]
+    boot = None
     try:  # stopped while it starts, it stops what it started (its haproxy may hold the port already)
         with sigterm_as_interrupt():
-            url = ll.serving.up(deploy=[_parse_model(spec) for spec in model])  # versions start with the ingress
+            boot = bootstrap.start(ll, deploy)  # predictions answered from here while Ray and Serve start
+            url = ll.serving.up(deploy=deploy, bootstrap=boot)  # versions start with the ingress
     except KeyboardInterrupt:  # as after the wait below, a second SIGTERM during the cleanup stops it at once
         import ray
 
         print("stopped while starting: stopping what it started", file=sys.stderr, flush=True)
+        if boot is not None:  # what it answered stays in its spool, shipped by the next ingress on this node
+            boot.stop()
         if ray.is_initialized():  # else its Ray's start was interrupted, and stopped what it had started
             ll.serving.down()
         return
+    finally:
+        if boot is not None:
+            boot.stop()  # after a failed start too (a no-op once handed over)
     deployed = ll.serving.deployed
     info = {"url": url, "docs": f"{url}/docs", "dashboard": ll.dashboard_url,
-            "deployed": [{"model": d["model"], "version": d["version"], "note": d.get("note")} for d in deployed]}
+            "deployed": [{"model": d["model"], "version": d["version"], "note": d.get("note")} for d in deployed],
+            "bootstrap": ll.serving.bootstrap}
     if as_json:
         print_json(info)
     else:
         console().print(f"serving at {url} (OpenAPI: {url}/docs; Ray dashboard: {info['dashboard']}); "
                         f"Ctrl-C stops it")
+        boot_info = info["bootstrap"]
+        if boot_info and boot_info["answered"]:
+            console().print(f"while Ray and Serve started, serve up answered {boot_info['answered']} prediction(s) "
+                            f"itself; the port went to Serve after {boot_info['handed_over_after_s']} s")
     try:
         run_until(seconds)
     finally:

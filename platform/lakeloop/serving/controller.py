@@ -184,35 +184,10 @@ class ServingController:
                 "state_version": self.state["version"]}
 
     def _resolve(self, model: str, ref) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        client = self.ll.mlflow
-        try:
-            if ref is None:
-                return client.get_model_version_by_alias(model, "champion")
-            if isinstance(ref, int) or str(ref).isdigit():
-                return client.get_model_version(model, str(ref))
-            return client.get_model_version_by_alias(model, str(ref))
-        except MlflowException as exc:
-            raise ModelNotServedError(f"model {model!r} has no version or alias {ref!r} in the registry: "
-                                      f"{exc.message if hasattr(exc, 'message') else exc}") from None
+        return resolve_version(self.ll.mlflow, model, ref)
 
     def _signature(self, uri: str) -> tuple[dict, dict]:
-        """The version's input columns, and what a feedback label of it must be (one read of its MLmodel)."""
-        import mlflow
-        from mlflow.models import get_model_info
-
-        from lakeloop.serving.feedback import label_kind
-
-        mlflow.set_tracking_uri(self.ll.config.tracking_uri)
-        mlflow.set_registry_uri(self.ll.config.registry_uri)
-        info = get_model_info(uri)
-        label = label_kind(info.metadata or {}, info.signature)
-        schema = info.signature
-        if schema is None or schema.inputs is None:
-            return {}, label
-        return {c.name: {"type": str(getattr(c.type, "name", c.type)), "required": bool(c.required)}
-                for c in schema.inputs.inputs if c.name}, label
+        return version_signature(self.ll.config, uri)
 
     def prepare(self, deploy: list) -> None:
         """What ``deploy`` of these ``(model, ref)`` pairs will check, done now (the registry read, the load),
@@ -226,7 +201,7 @@ class ServingController:
     def _check_loads(self, uri: str) -> None:
         """Raise :class:`ModelLoadError` naming why when the version's pyfunc cannot be loaded."""
         from lakeloop.serving import body as bodies
-        from lakeloop.serving.deployments import load_pyfunc
+        from lakeloop.serving.predict import load_pyfunc
 
         with self.loading:  # one load per version: a deploy waits for the prepare that loads it
             if uri in self.loadable:
@@ -435,6 +410,39 @@ class ServingController:
         if m is None:
             raise ModelNotServedError(f"model {model!r} is not served; served: {sorted(self.state['models'])}")
         return m
+
+
+def resolve_version(client, model: str, ref) -> Any:
+    """The registry's model version for ``ref``: a number, an alias, or None (the champion)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if ref is None:
+            return client.get_model_version_by_alias(model, "champion")
+        if isinstance(ref, int) or str(ref).isdigit():
+            return client.get_model_version(model, str(ref))
+        return client.get_model_version_by_alias(model, str(ref))
+    except MlflowException as exc:
+        raise ModelNotServedError(f"model {model!r} has no version or alias {ref!r} in the registry: "
+                                  f"{exc.message if hasattr(exc, 'message') else exc}") from None
+
+
+def version_signature(cfg, uri: str) -> tuple[dict, dict]:
+    """A version's input columns, and what a feedback label of it must be (one read of its MLmodel)."""
+    import mlflow
+    from mlflow.models import get_model_info
+
+    from lakeloop.serving.feedback import label_kind
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.registry_uri)
+    info = get_model_info(uri)
+    label = label_kind(info.metadata or {}, info.signature)
+    schema = info.signature
+    if schema is None or schema.inputs is None:
+        return {}, label
+    return {c.name: {"type": str(getattr(c.type, "name", c.type)), "required": bool(c.required)}
+            for c in schema.inputs.inputs if c.name}, label
 
 
 def _moved(policy: TrafficPolicy, old: int, new: int) -> TrafficPolicy:

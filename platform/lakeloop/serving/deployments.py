@@ -10,7 +10,6 @@ changes need no restart.
 
 
 import asyncio
-import hmac
 import json
 import logging
 import random
@@ -20,28 +19,22 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.requests import Request as PlainRequest
 from ray import serve
 
 from lakeloop.errors import AuthError, ConnectError, LakeloopError, ModelNotServedError, ServiceUnavailableError
 from lakeloop.serving import body as bodies
 from lakeloop.serving import feedback as fb
+from lakeloop.serving import predict as answers
 from lakeloop.serving.policy import TrafficPolicy, check_deploy_request, check_promote_request, check_traffic_request
+from lakeloop.serving.predict import import_pyfunc, load_pyfunc, predict_grouped, predict_rows, same
 from lakeloop.serving.validation import InputSchema, Limits, MalformedRequest, check_predict
 
 POLL_S = 0.25
 SHADOW_TIMEOUT_S = 10.0
 MAX_BATCH = 64  # requests predicted together by one model call in fast mode
-
-
-def _same(a: dict, b: dict) -> bool:
-    pa, pb = a.get("prediction"), b.get("prediction")
-    if isinstance(pa, (int, float)) and isinstance(pb, (int, float)) and not isinstance(pa, bool):
-        return abs(pa - pb) <= 1e-9 * max(1.0, abs(pa), abs(pb))
-    return pa == pb
 
 
 def replica_died(exc: BaseException) -> bool:
@@ -81,88 +74,6 @@ def _only_empty(body: dict, arguments: dict) -> dict:
 
 def app_name(model: str, version: int) -> str:
     return f"lakeloop-{model}-v{version}"
-
-
-def _import_pyfunc() -> None:
-    try:
-        import mlflow.pyfunc  # noqa: F401
-    except Exception:  # load_pyfunc raises it again, where it is reported
-        pass
-
-
-def load_pyfunc(model_uri: str, tracking_uri: str, registry_uri: str, lake_root: str | None = None):
-    """The version's pyfunc. With ``lake_root``, the URIs are as shipped to Serve (a password as ``***``,
-    see :mod:`lakeloop.credentials`) and the full ones come from that lake's secrets file or this node's
-    ``LAKELOOP_MLFLOW_*`` environment: a deployment's arguments are kept by Serve in plain text."""
-    import warnings
-
-    import mlflow
-    import mlflow.pyfunc
-
-    if lake_root is not None:
-        from lakeloop.config import load_config
-
-        cfg = load_config({"lake": {"root": lake_root},
-                           "mlflow": {"tracking_uri": tracking_uri, "registry_uri": registry_uri}})
-        tracking_uri, registry_uri = cfg.tracking_uri, cfg.registry_uri
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(registry_uri)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return mlflow.pyfunc.load_model(model_uri)
-
-
-def predict_rows(model, rows: list[dict]) -> list[dict]:
-    """A pyfunc's answer for JSON rows, as one JSON object per row."""
-    import numpy as np
-    import pandas as pd
-
-    out = model.predict(pd.DataFrame(rows))
-    if isinstance(out, pd.DataFrame):
-        if all(k in "biuf" for k in out.dtypes.map(lambda d: d.kind)):  # numbers: plain Python values directly
-            return [{k: (None if v != v else v) for k, v in r.items()} for r in out.to_dict("records")]
-        return json.loads(out.to_json(orient="records"))
-    if isinstance(out, pd.Series):
-        out = out.to_numpy()
-    return [{"prediction": v} for v in np.asarray(out).tolist()]
-
-
-def predict_grouped(models: dict, items: list[tuple]) -> list:
-    """One model call per (version, columns) for many requests' rows; each item gets its rows' answers.
-
-    ``items`` are ``(key, rows)``; an item's answer is its list of outputs, or the exception its own rows
-    raise (a batch that fails is retried request by request, so one bad request fails alone).
-    """
-    out: list = [None] * len(items)
-    groups: dict = {}
-    for i, (key, rows) in enumerate(items):
-        groups.setdefault((key, frozenset(c for r in rows for c in r)), []).append(i)
-    for (key, _), idx in groups.items():
-        model = models.get(key)
-        if model is None:
-            for i in idx:
-                out[i] = ServiceUnavailableError(f"model {key[0]} v{key[1]} is not loaded here; retry shortly")
-            continue
-        rows = [r for i in idx for r in items[i][1]]
-        try:
-            answers = predict_rows(model, rows)
-            if len(answers) != len(rows):
-                raise ValueError(f"the model answered {len(answers)} rows for {len(rows)}")
-        except Exception:
-            answers = None
-        if answers is None or len(idx) == 1:
-            for i in idx:
-                try:
-                    out[i] = answers if answers is not None else predict_rows(model, items[i][1])
-                except Exception as exc:  # this request's own failure
-                    out[i] = exc
-            continue
-        at = 0
-        for i in idx:
-            n = len(items[i][1])
-            out[i], at = answers[at:at + n], at + n
-    return out
 
 
 @serve.deployment(max_ongoing_requests=16, graceful_shutdown_timeout_s=20, health_check_period_s=5)
@@ -258,7 +169,7 @@ class Ingress:
         self.in_process = in_process(self.ll.config)
         self.local_models: dict[tuple[str, int], object] = {}
         if self.in_process:  # loading a version imports mlflow's pyfunc: done while this replica starts
-            threading.Thread(target=_import_pyfunc, name="lakeloop-import-pyfunc", daemon=True).start()
+            threading.Thread(target=import_pyfunc, name="lakeloop-import-pyfunc", daemon=True).start()
 
     def _metrics(self):
         from ray.util import metrics
@@ -394,11 +305,7 @@ class Ingress:
 
     @staticmethod
     def _bearer(request: Request, token: str | None) -> bool:
-        """Whether the request carries ``Authorization: Bearer <token>`` (compared in constant time)."""
-        if not token:
-            return False
-        header = request.headers.get("authorization", "")
-        return hmac.compare_digest(header.encode("utf-8", "replace"), f"Bearer {token}".encode())
+        return answers.bearer(request, token)
 
     def _check_admin(self, request: Request):
         if not self._bearer(request, self.admin_token):
@@ -445,16 +352,8 @@ class Ingress:
         """Log one prediction's rows to ``logs.inference`` durably (see :meth:`_log_durable`)."""
         from lakeloop.serving.logbook import INFERENCE
 
-        now = datetime.now(timezone.utc)
-        records = []
-        for i, row in enumerate(rows):
-            out = outputs[i] if outputs and i < len(outputs) else None
-            records.append({"request_id": request_id, "row": i, "time": now, "model": name, "version": version,
-                            "route": route, "features": json.dumps(row, default=str),
-                            "output": None if out is None else json.dumps(out, default=str),
-                            "prediction": None if out is None else str(out.get("prediction")),
-                            "latency_ms": latency_ms, "error": error})
-        await self._log_durable(INFERENCE, records)
+        await self._log_durable(INFERENCE, answers.inference_records(request_id, name, version, route, rows,
+                                                                       outputs, latency_ms, error))
 
     async def _log_quietly(self, stats: dict, *args, **kwargs) -> None:
         """Log a shadow's answer; nobody waits for it, so a log outage is counted, not raised."""
@@ -492,7 +391,7 @@ class Ingress:
             primary = [{}] * len(out)
         stats["requests"] += 1
         stats["latency_ms_sum"] += latency
-        stats["agree"] += sum(1 for a, b in zip(out, primary) if _same(a, b)) / max(1, len(out))
+        stats["agree"] += sum(1 for a, b in zip(out, primary) if same(a, b)) / max(1, len(out))
         self.m_requests.inc(len(rows), tags={"model": metric_tag(name), "version": str(version), "route": "shadow"})
         await self._log_quietly(stats, request_id, name, version, "shadow", rows, out, latency)
 
@@ -509,9 +408,7 @@ class Ingress:
     def _reject(self, name: str, exc: LakeloopError) -> JSONResponse:
         tag = metric_tag(name) if name in self.models else "-"  # a client's made-up name is never a tag
         self.m_rejected.inc(1, tags={"model": tag, "status": str(exc.http_status)})
-        headers = {"Retry-After": str(getattr(exc, "retry_after_s", 2))} if exc.http_status == 503 else None
-        return JSONResponse({"error": bodies.public_message(str(exc), limit=2000), "type": type(exc).__name__},
-                            status_code=exc.http_status, headers=headers)
+        return answers.rejection(exc)
 
     # -- routes ------------------------------------------------------------------
     @api.get("/healthz")
@@ -616,9 +513,7 @@ class Ingress:
                                 error=f"{type(exc).__name__}: {exc}")
             except LakeloopError:
                 pass
-            return JSONResponse({"error": f"model {name} v{version} failed on this input: "
-                                          f"{bodies.public_message(exc)}",
-                                 "request_id": request_id}, status_code=422)
+            return answers.model_failed(request_id, name, version, exc)
         latency = (time.perf_counter() - t0) * 1000
         self.m_requests.inc(len(rows), tags=tags)
         self.m_latency.observe(latency, tags=tags)
@@ -630,19 +525,10 @@ class Ingress:
         # would let anyone choose which version the canary's labels land on), unless the caller is trusted
         self.feedback_book.served(request_id, name, version, len(rows),
                                   pinned=pinned is not None and not self._bearer(request, self.admin_token))
-        return Response(orjson.dumps({"request_id": request_id, "model": name, "version": version,
-                                      "versions": [version] * len(outputs), "predictions": outputs},
-                                     option=orjson.OPT_SERIALIZE_NUMPY, default=str),
-                        media_type="application/json")
+        return answers.answer(request_id, name, version, outputs)
 
     def _request_id(self, request: Request) -> str:
-        """A new id; a caller holding the admin token may supply its own (``X-Request-Id``)."""
-        given = request.headers.get("x-request-id")
-        if given is None or not self._bearer(request, self.admin_token):
-            return uuid.uuid4().hex
-        if not fb.REQUEST_ID.fullmatch(given):
-            raise MalformedRequest("X-Request-Id must be 1-128 letters, digits, '.', '_', ':' or '-'")
-        return given
+        return answers.request_id(request, self.admin_token)
 
     @api.post("/v1/feedback", openapi_extra=bodies.openapi_body(bodies.FEEDBACK_SCHEMA))
     async def feedback(self, request: Request):

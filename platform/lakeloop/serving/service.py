@@ -18,6 +18,7 @@ from lakeloop.ports import SERVE_DEFAULT, free_block, free_ports
 
 if TYPE_CHECKING:
     from lakeloop.client import Lakeloop
+    from lakeloop.serving.bootstrap import Bootstrap
 
 INGRESS_APP = "lakeloop"
 MODES = ("fast", "isolated")
@@ -222,6 +223,7 @@ class Serving:
         self.started_serve = False  # this object started Serve: down() stops it, unless apps not lakeloop's run in it
         self.started_haproxy = False  # ... with its haproxy ingress (a haproxy can outlive Serve: stopped by PID)
         self.deployed: list[dict] = []  # what up(deploy=...) deployed
+        self.bootstrap: dict | None = None  # what up(bootstrap=...)'s bootstrap server answered
         self.node_id: str | None = None
 
     @property
@@ -275,7 +277,8 @@ class Serving:
                                ray_actor_options={"num_cpus": cfg.serve.replica_cpus}).bind(
             cfg.to_dict(), controller_name(cfg.lake.root), cfg.ray.namespace, admin_token(self.ll))
 
-    def up(self, timeout_s: float = 300, deploy: list[tuple[str, int | str | None]] = ()) -> str:
+    def up(self, timeout_s: float = 300, deploy: list[tuple[str, int | str | None]] = (),
+           bootstrap: "Bootstrap | None" = None) -> str:
         """Start Serve on ``serve.host:serve.port``, the controller and the ingress; returns the URL.
 
         ``timeout_s``: how long the started ingress may take to answer ``/healthz`` before this gives
@@ -284,6 +287,10 @@ class Serving:
         Versions deployed before (recorded in ``serving.traffic``) are deployed again. ``deploy``:
         ``(model, version or alias or None)`` pairs deployed while the ingress starts (their
         replicas and the ingress's start at the same time); their results are in ``self.deployed``.
+
+        ``bootstrap``: the :class:`~lakeloop.serving.bootstrap.Bootstrap` answering on the port meanwhile
+        (``serve up``'s). The port goes to Serve's HAProxy once the ingress serves what was deployed, and
+        the bootstrap stops; it stops too where it cannot hand over (a Serve already running here).
         """
         import ray
         from ray import serve
@@ -292,6 +299,7 @@ class Serving:
         check_modes(cfg)
         from lakeloop.serving import logbook
 
+        probe = None  # where the ingress is checked while the bootstrap holds the port: Serve's own proxy
         self.ll.ensure_ray()
         self.node_id = ray.get_runtime_context().get_node_id()
         controller = self._controller(create=True)  # their processes start while Serve starts (not blocking)
@@ -306,18 +314,24 @@ class Serving:
                 logging.getLogger("lakeloop.serving").warning("%s; serving behind Serve's Python proxy", exc)
                 env = controller_env()
             self.started_serve = True
+            if bootstrap is not None and self.started_haproxy:  # HAProxy joins the bootstrap's port (module doc)
+                env["SERVE_SOCKET_REUSE_PORT_ENABLED"] = "1"
+                probe = f"http://{cfg.serve.host}:{env['RAY_SERVE_FALLBACK_PROXY_HTTP_PORT']}"
             options = {"runtime_env": {"env_vars": env}}
             with slow_proxies_tolerated():  # serve.run below then joins the controller started here
                 serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port},
                             controller_options=options, proxy_location=proxy_location(cfg.serve.host))
         else:  # a Serve already running in this Ray keeps its ingress (set when it started)
             serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        if bootstrap is not None and probe is None:  # a Serve that was running holds the port: no handover
+            bootstrap.stop()
+            bootstrap = None
         app = self.prepare()
         controller = self._controller()
         pending = [controller.deploy.remote(model=m, ref=ref) for m, ref in deploy]
         with slow_proxies_tolerated():
             serve.run(app, name=INGRESS_APP, route_prefix="/")
-        self._wait_healthy(timeout_s)
+        self._wait_healthy(timeout_s, probe)
         self.deployed = []
         for ref in pending:
             try:
@@ -327,21 +341,25 @@ class Serving:
                     raise exc.cause from None
                 raise
         if self.deployed:
-            self._wait_applied(max(d["state_version"] for d in self.deployed))
+            self._wait_applied(max(d["state_version"] for d in self.deployed), url=probe)
+        if bootstrap is not None:
+            bootstrap.hand_over()  # new connections go to HAProxy
+            self._wait_healthy(timeout_s)
+            self.bootstrap = bootstrap.stop()
         return self.url
 
-    def _wait_healthy(self, timeout_s: float) -> None:
+    def _wait_healthy(self, timeout_s: float, url: str | None = None) -> None:
         deadline = time.monotonic() + timeout_s
         last = None
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as r:
+                with urllib.request.urlopen(f"{url or self.url}/healthz", timeout=5) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError) as exc:
                 last = exc
             time.sleep(0.2)
-        raise ConnectError(f"lakeloop serving did not answer at {self.url}/healthz within {timeout_s} s: {last}")
+        raise ConnectError(f"lakeloop serving did not answer at {url or self.url}/healthz within {timeout_s} s: {last}")
 
     def down(self) -> dict:
         """Stop the ingress and every version's app, flush the inference log, stop the actors.
@@ -397,7 +415,7 @@ class Serving:
             self._wait_applied(result["state_version"])
         return result
 
-    def _wait_applied(self, state_version: int, timeout_s: float = 60) -> None:
+    def _wait_applied(self, state_version: int, timeout_s: float = 60, url: str | None = None) -> None:
         """Return once every ingress replica (``serve.ingress_replicas`` of them) serves ``state_version``.
 
         A replica reads the state on its first request and then polls it: the health checks sent here,
@@ -417,7 +435,7 @@ class Serving:
             if seen["serving"] >= want:
                 return
             try:
-                http_json("GET", f"{self.url}/healthz", timeout=5)
+                http_json("GET", f"{url or self.url}/healthz", timeout=5)
             except ConnectError:
                 if not seen["live"] and not seen.get("recent"):  # (an older controller does not say)
                     return  # the ingress is not up (yet): it reads the state when it starts
