@@ -156,7 +156,7 @@ def test_bootstrap_killed_under_load_frees_the_port_and_keeps_what_it_answered(l
         boot.proc.wait(30)
         answered = list(ok)
         deadline = time.monotonic() + 10
-        while True:  # serve up closes its copy of the socket: refused at once, never a connection left hanging
+        while True:  # the child held the only copy of the socket: refused at once, never a connection left hanging
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=2).close()
             except ConnectionRefusedError:

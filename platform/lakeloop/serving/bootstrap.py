@@ -14,10 +14,11 @@ ships it to the log writer (:mod:`lakeloop.serving.spool`).
 It runs as a child process of ``serve up`` (``python -m
 lakeloop.serving.bootstrap``), so its imports and model load take the other
 core instead of the GIL that ``serve up``'s own start of Ray needs. ``serve
-up`` binds the socket and passes it down; the child reads its config on
-stdin, says ``ready`` (or why it cannot serve) on stdout, and on the word
-``drain`` and then ``stop`` (or its stdin's end: ``serve up`` gone) answers
-what is open and exits, printing what it answered.
+up`` binds the socket and hands it down, keeping no copy (the port is free
+the moment the child is gone); the child reads its config on stdin, says
+``ready`` (or why it cannot serve) on stdout, on the word ``drain`` switches
+new connections to HAProxy, and on ``stop`` (or its stdin's end: ``serve
+up`` gone) answers what is open and exits, printing what it answered.
 
 The port handover. The bootstrap's socket has ``SO_REUSEPORT``, and Serve's
 HAProxy is started with it too (``SERVE_SOCKET_REUSE_PORT_ENABLED=1``), so
@@ -160,8 +161,10 @@ class Server:
         emit({"ready": True, "models": {n: sorted(map(int, m["versions"])) for n, m in self.models.items()},
               "waiting": self.waiting})
         async for word in commands:
-            if word == "drain":
+            if word == "drain":  # new connections go to HAProxy; the answers here close their connections
+                steer(self.sock, 1)
                 self.draining = True
+                emit({"handed_over": True})
             else:
                 break
         deadline = time.monotonic() + DRAIN_S
@@ -360,17 +363,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class Bootstrap:
-    """``serve up``'s side of its bootstrap server: the socket, the child, the handover."""
+    """``serve up``'s side of its bootstrap server: the child and the handover. Only the child holds the
+    socket, so the port is free the moment the child is gone, however it ends."""
 
-    def __init__(self, sock: socket.socket, proc):
-        self.sock, self.proc = sock, proc
+    def __init__(self, proc):
+        self.proc = proc
         self.started_at = time.monotonic()
         self.ready: dict | None = None
         self.error: str | None = None
         self.answered: dict = {}
         self.handed_over_after_s: float | None = None
         self._said = threading.Event()  # ready or error said, or the child gone
-        self._lock = threading.Lock()
+        self._steered = threading.Event()  # the child switched new connections to HAProxy, or is gone
         self._stopped = False
         threading.Thread(target=self._listen, name="lakeloop-bootstrap", daemon=True).start()
 
@@ -382,6 +386,8 @@ class Bootstrap:
                 continue
             if "ready" in message:
                 self.ready = message
+            elif "handed_over" in message:
+                self._steered.set()
             elif "error" in message:
                 self.error = message["error"]
                 log.warning("serve up answers once the ingress runs (no bootstrap server): %s", self.error)
@@ -389,8 +395,7 @@ class Bootstrap:
                 self.answered = message["summary"]
             self._said.set()
         self._said.set()
-        with self._lock:  # the child is gone: nobody accepts on the socket, which must not hold connections
-            self.sock.close()
+        self._steered.set()
 
     def _tell(self, word: str) -> None:
         try:
@@ -403,18 +408,18 @@ class Bootstrap:
         """New connections go to HAProxy from now; the child's answers close their connections."""
         if not self._said.wait(READY_S):  # it loads while Ray and Serve start: long done by then, or stuck
             log.warning("the bootstrap server did not load its models within %s s more; stopping it", READY_S)
-            self.proc.terminate()  # its socket closes when it is gone: HAProxy then gets every connection
+            self.proc.terminate()  # its socket closes with it: HAProxy then gets every connection
             return
-        with self._lock:
-            if self.ready is None or self.sock.fileno() == -1:  # it did not serve, or it is gone
-                return
-            steer(self.sock, 1)
+        if self.ready is None or self.proc.poll() is not None:  # it did not serve, or it is gone
+            return
         self._tell("drain")
+        self._steered.wait(30)
         self.handed_over_after_s = round(time.monotonic() - self.started_at, 3)
 
     def stop(self) -> dict:
-        """The child answers what is open (at most ``DRAIN_S``) and exits; the socket closes. Its spool stays on
-        disk for an ingress replica of this node to ship (at once after a handover; else at the next start)."""
+        """The child answers what is open (at most ``DRAIN_S``) and exits, and the port's socket with it. Its
+        spool stays on disk for an ingress replica of this node to ship (at once after a handover; else at
+        the next start)."""
         if not self._stopped:
             self._stopped = True
             if self.ready is None:  # still loading (a stop while starting): it has answered nothing
@@ -429,8 +434,6 @@ class Bootstrap:
             except Exception:  # subprocess.TimeoutExpired: a hung child
                 self.proc.kill()
                 self.proc.wait(10)
-            with self._lock:
-                self.sock.close()
         return self.summary()
 
     def summary(self) -> dict:
@@ -461,10 +464,11 @@ def start(ll: "Lakeloop", deploy: list) -> Bootstrap | None:
         proc.stdin.write(json.dumps({"config": ll.config.to_dict(secrets=True), "deploy": list(deploy)}) + "\n")
         proc.stdin.flush()
     except OSError as exc:
-        sock.close()
         log.warning("serve up starts without a bootstrap server: %s", exc)
         return None
-    return Bootstrap(sock, proc)
+    finally:
+        sock.close()  # the child's now
+    return Bootstrap(proc)
 
 
 if __name__ == "__main__":
