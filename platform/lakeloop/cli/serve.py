@@ -44,7 +44,8 @@ def up(
     """Start the endpoint on serve.host:serve.port and serve models until stopped.
 
     NAME and NAME@ALIAS follow the alias: when it moves in the registry, the new version takes the old
-    one's traffic. NAME:VERSION stays pinned.
+    one's traffic. NAME:VERSION stays pinned. Predictions are answered within seconds, from a bootstrap
+    server of its own while Ray and Serve start (serve.bootstrap); the port then goes to Serve.
     """
     import sys
 
