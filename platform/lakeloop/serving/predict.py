@@ -21,6 +21,7 @@ from lakeloop.serving.body import MalformedRequest
 
 
 def same(a: dict, b: dict) -> bool:
+    """Whether two answers' predictions agree (numbers to a relative 1e-9): a shadow against its primary."""
     pa, pb = a.get("prediction"), b.get("prediction")
     if isinstance(pa, (int, float)) and isinstance(pb, (int, float)) and not isinstance(pa, bool):
         return abs(pa - pb) <= 1e-9 * max(1.0, abs(pa), abs(pb))
@@ -28,6 +29,7 @@ def same(a: dict, b: dict) -> bool:
 
 
 def import_pyfunc() -> None:
+    """Import mlflow's pyfunc ahead of the first load (a failure is raised again by that load)."""
     try:
         import mlflow.pyfunc  # noqa: F401
     except Exception:  # load_pyfunc raises it again, where it is reported
