@@ -133,7 +133,7 @@ class Server:
         from lakeloop.serving.validation import Limits
 
         self.ll, self.sock = ll, sock
-        self.models = models  # name -> {"policy", "versions": {v: {"model", "schema"}}, "shadow"}
+        self.models = models  # name -> {"policy", "versions": {v: {"model", "schema"}}}
         self.waiting = waiting  # name -> why the ingress serves it, not the bootstrap
         self.limits = Limits(max_rows=ll.config.serve.max_rows, max_bytes=ll.config.serve.max_bytes)
         self.admin_token = admin_token(ll)  # its holder may name a request (X-Request-Id), as at the ingress
@@ -238,7 +238,7 @@ class Server:
         except LakeloopError as exc:
             self.stats["rejected"] += 1
             return answers.rejection(exc)
-        for shadow in model["shadow"]:
+        for shadow in model["policy"].shadow:
             task = asyncio.get_running_loop().create_task(self._shadow(request_id, name, shadow, rows))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -272,6 +272,7 @@ class Server:
                                               "retry", retry_after_s=2) from None
             self.spool.track(INFERENCE, seq, batch_id, records)
         self.stats["logged_rows"] += len(records)
+
 
 def plan(ll: "Lakeloop", deploy: list) -> tuple[dict, dict]:
     """What the ingress will serve first: the stored state (``serving.traffic``) and the first version of each
@@ -312,18 +313,17 @@ def plan(ll: "Lakeloop", deploy: list) -> tuple[dict, dict]:
         for v in sorted(live, key=int):
             versions[v] = {"model": answers.load_pyfunc(e["versions"][v], cfg.tracking_uri, cfg.registry_uri),
                            "schema": InputSchema(e["schemas"].get(v) or {})}
-        models[name] = {"policy": policy, "versions": versions, "shadow": [int(v) for v in policy.shadow]}
+        models[name] = {"policy": policy, "versions": versions}
     return models, waiting
 
 
-_said: list = []  # the child's line to serve up: its stdout as it started (what libraries print goes to stderr)
+_out = sys.stdout  # the child's line to serve up (main() keeps the stdout it started with; prints go to stderr)
 
 
 def emit(message: dict) -> None:
     """One line to ``serve up``."""
-    out = _said[0] if _said else sys.stdout
-    out.write(json.dumps(message, default=str) + "\n")
-    out.flush()
+    _out.write(json.dumps(message, default=str) + "\n")
+    _out.flush()
 
 
 async def _commands():
@@ -343,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     """The child: ``python -m lakeloop.serving.bootstrap FD``, ``{"config", "deploy"}`` on stdin's first line."""
     import lakeloop
 
+    global _out
     fd = int((argv or sys.argv[1:])[0])
-    _said.append(os.fdopen(os.dup(1), "w"))
+    _out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     request = json.loads(sys.stdin.readline())
     sock = socket.socket(fileno=fd)

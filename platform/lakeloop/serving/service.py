@@ -349,17 +349,18 @@ class Serving:
         return self.url
 
     def _wait_healthy(self, timeout_s: float, url: str | None = None) -> None:
+        url = url or self.url
         deadline = time.monotonic() + timeout_s
         last = None
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{url or self.url}/healthz", timeout=5) as r:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError) as exc:
                 last = exc
             time.sleep(0.2)
-        raise ConnectError(f"lakeloop serving did not answer at {url or self.url}/healthz within {timeout_s} s: {last}")
+        raise ConnectError(f"lakeloop serving did not answer at {url}/healthz within {timeout_s} s: {last}")
 
     def down(self) -> dict:
         """Stop the ingress and every version's app, flush the inference log, stop the actors.
