@@ -187,3 +187,42 @@ def test_no_bootstrap_where_the_port_is_taken_or_it_is_turned_off(lake):
                                                                           "bootstrap": False}})
     assert bootstrap.why_not(off) == "serve.bootstrap is false"
     assert bootstrap.start(off, [("fraud", v1)]) is None
+
+
+def test_bootstrap_serves_the_stored_split_and_shadow(lake):
+    """A restart serves what `serving.traffic` last recorded: sticky keys keep their version, as the ingress's
+    policy picks it, and the shadow's answers are logged beside the primary's, never returned. Last in this
+    module: the stored state is the lake's from here on."""
+    import pandas as pd
+
+    from lakeloop.serving.controller import HISTORY, HISTORY_COLUMNS, version_signature
+    from lakeloop.serving.policy import TrafficPolicy
+
+    ll, (v1, v2) = lake
+    v3 = serving_models.register(ll, "fraud", 300.0)
+    versions = {str(v): {"uri": f"models:/fraud/{v}", "schema": version_signature(ll.config, f"models:/fraud/{v}")[0]}
+                for v in (v1, v2, v3)}
+    policy = {"weights": {str(v1): 50.0, str(v2): 50.0}, "shadow": [v3], "sticky": True}
+    ll.lake.create(HISTORY, HISTORY_COLUMNS, exist_ok=True)
+    ll.lake.table(HISTORY).append(pd.DataFrame([{
+        "at": pd.Timestamp.now(tz="UTC"), "model": "fraud", "action": "traffic", "detail": "{}",
+        "state": json.dumps({"version": 1, "models": {"fraud": {"versions": versions, "policy": policy}}})}]))
+    port = ll.config.serve.port
+    before = set(spooled(ll))
+    boot = bootstrap.start(ll, [])  # nothing named: the stored state alone
+    try:
+        first_answer(port, boot)
+        keys = [f"customer-{i}" for i in range(12)]
+        chosen = {}
+        for key in keys * 2:
+            status, raw, _ = predict(port, {"rows": [ROW], "routing_key": key})
+            assert status == 200
+            body = json.loads(raw)
+            assert chosen.setdefault(key, body["version"]) == body["version"]  # sticky
+            assert body["version"] == TrafficPolicy.from_dict(policy).choose(key)  # as the ingress routes it
+    finally:
+        summary = boot.stop()
+    assert set(chosen.values()) == {v1, v2} and summary["models"] == {"fraud": [v1, v2, v3]}, (chosen, summary)
+    records = {rid: r for rid, r in spooled(ll).items() if rid not in before}
+    shadowed = [r for r in records.values() if {x["route"] for x in r} == {"primary", "shadow"}]
+    assert len(shadowed) >= 24 and all({x["version"] for x in r if x["route"] == "shadow"} == {v3} for r in shadowed)
